@@ -1,0 +1,248 @@
+"""The VAR transformer in theorem form (Chen et al. 2025), read top to bottom.
+
+Data flow: image X -> pyramid of up-interpolations [X; φ1(X); φ2(φ1(X)); ...]
+-> one token per pixel per scale -> linear embedding + level embedding +
+2-D position code -> ``depth`` blocks of (block-causal attention, FFN) with
+residuals -> linear readout of the last scale's tokens, plus a learnable
+scalar gain times the interpolated last-scale input.
+
+Defaults are the theorem's model: one single-head attention layer, FFN ratio
+4, no LayerNorm (the residual stream stays linear). Heads, depth, FFN ratio,
+LayerNorm and a learned position code are settings for "beyond the theorem"
+comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.attention import attention, block_causal_mask, resolve_backend
+from models.interp import interp_matrix
+from models.schedule import scale_schedule
+
+
+@dataclass(frozen=True)
+class VARConfig:
+    channels: int = 1
+    s_first: int = 2
+    s_last: int = 8
+    scales: int = 3
+    width: int = 32
+    heads: int = 1
+    depth: int = 1
+    ffn_ratio: int = 4
+    interp: str = "bicubic"
+    layernorm: bool = False
+    pos: str = "sincos"  # "sincos" (parameter-free) or "learned" (counted in N)
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.pos not in ("sincos", "learned"):
+            raise ValueError(f"unknown position code {self.pos!r}")
+        scale_schedule(self.s_first, self.s_last, self.scales)  # validates
+
+    @property
+    def sides(self) -> list[int]:
+        return scale_schedule(self.s_first, self.s_last, self.scales)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s * s for s in self.sides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sincos_2d(sides: list[int], dim: int) -> torch.Tensor:
+    """Parameter-free 2-D sinusoidal code, (sum s², dim), on normalised coordinates.
+
+    Coordinates are pixel centres in [0, 1], so the same place in the image
+    gets the same code at every scale.
+    """
+    n_freq = max(dim // 4, 1)
+    freqs = math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float64)
+    rows = []
+    for s in sides:
+        c = (torch.arange(s, dtype=torch.float64) + 0.5) / s
+        yy, xx = torch.meshgrid(c, c, indexing="ij")
+        ay = yy.reshape(-1, 1) * freqs
+        ax = xx.reshape(-1, 1) * freqs
+        rows.append(torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1))
+    code = torch.cat(rows, dim=0)
+    if code.shape[1] < dim:
+        code = F.pad(code, (0, dim - code.shape[1]))
+    return code[:, :dim].float()
+
+
+class Pyramid(nn.Module):
+    """X -> tokens of [X; φ1(X); ...] (row-major per scale), and the last level."""
+
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        self.sides = cfg.sides
+        for i, (a, b) in enumerate(zip(self.sides, self.sides[1:])):
+            self.register_buffer(f"m{i}", interp_matrix(cfg.interp, a, b), persistent=False)
+        ids = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.sides)])
+        self.register_buffer("scale_ids", ids, persistent=False)
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Flattened levels, each (B, c, s_k²)."""
+        b, c = x.shape[:2]
+        cur = x.reshape(b, c, -1)
+        out = [cur]
+        for i in range(len(self.sides) - 1):
+            cur = cur @ getattr(self, f"m{i}").T
+            out.append(cur)
+        return out
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        levels = self.levels(x)
+        tokens = torch.cat(levels, dim=-1).transpose(1, 2)  # (B, T, c)
+        return tokens, levels[-1]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.backend = cfg.backend
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x, scale_ids, mask):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = attention(q, k, v, scale_ids, self.backend, mask)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class FFN(nn.Module):
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.width, cfg.ffn_ratio * cfg.width)
+        self.out = nn.Linear(cfg.ffn_ratio * cfg.width, cfg.width)
+
+    def forward(self, x):
+        return self.out(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        norm = (lambda: nn.LayerNorm(cfg.width)) if cfg.layernorm else nn.Identity
+        self.ln1, self.attn, self.ln2, self.ffn = norm(), SelfAttention(cfg), norm(), FFN(cfg)
+
+    def forward(self, x, scale_ids, mask):
+        x = x + self.attn(self.ln1(x), scale_ids, mask)
+        return x + self.ffn(self.ln2(x))
+
+
+class Backbone(nn.Module):
+    """Embedding and blocks: tokens (B, T, c) -> hidden states (B, T, d).
+
+    Shared by VAR and FlowAR (which reads per-scale conditioning from it).
+    """
+
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Linear(cfg.channels, cfg.width)
+        self.level = nn.Embedding(cfg.scales, cfg.width)
+        code = sincos_2d(cfg.sides, cfg.width)
+        if cfg.pos == "learned":
+            self.pos = nn.Parameter(code.clone())
+        else:
+            self.register_buffer("pos", code, persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.ln_f = nn.LayerNorm(cfg.width) if cfg.layernorm else nn.Identity()
+
+    def forward(self, tokens: torch.Tensor, scale_ids: torch.Tensor) -> torch.Tensor:
+        mask = None
+        if resolve_backend(self.cfg.backend, tokens.device) != "flex":
+            mask = block_causal_mask(scale_ids)
+        h = self.embed(tokens) + self.level(scale_ids) + self.pos
+        for block in self.blocks:
+            h = block(h, scale_ids, mask)
+        return self.ln_f(h)
+
+
+class VAR(nn.Module):
+    """Next-scale prediction as an image-to-image map X (B,c,s1,s1) -> (B,c,sK,sK)."""
+
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.pyramid = Pyramid(cfg)
+        self.backbone = Backbone(cfg)
+        self.readout = nn.Linear(cfg.width, cfg.channels)
+        self.gain = nn.Parameter(torch.zeros(()))
+        self.apply(_init_weights)
+        # Start as the zero map: the readout learns from the first step and
+        # the gain alone can represent the one-step interpolation target.
+        nn.init.zeros_(self.readout.weight)
+        nn.init.zeros_(self.readout.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, last = self.pyramid(x)
+        h = self.backbone(tokens, self.pyramid.scale_ids)
+        s = self.cfg.s_last
+        h_last = h[:, -s * s :, :]
+        y = self.readout(h_last).transpose(1, 2) + self.gain * last  # (B, c, sK²)
+        return y.reshape(x.shape[0], self.cfg.channels, s, s)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """MSE on fresh inputs: the square of err_2, no generalisation gap."""
+        return F.mse_loss(self(x), y)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_sample(self) -> int:
+        return var_flops(self.cfg)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """One place for initialisation (nanoGPT style)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def backbone_params(cfg: VARConfig) -> int:
+    """Closed-form parameter count of :class:`Backbone` (no model built)."""
+    d, c, r = cfg.width, cfg.channels, cfg.ffn_ratio
+    ln = 2 * d if cfg.layernorm else 0
+    block = ln + (d * 3 * d + 3 * d) + (d * d + d) + ln + (d * r * d + r * d) + (r * d * d + d)
+    pos = cfg.n_tokens * d if cfg.pos == "learned" else 0
+    return (c * d + d) + cfg.scales * d + pos + cfg.depth * block + ln
+
+
+def var_params(cfg: VARConfig) -> int:
+    """Closed-form N for :class:`VAR`: lets a sampler size a model without building it."""
+    return backbone_params(cfg) + (cfg.width * cfg.channels + cfg.channels) + 1
+
+
+def backbone_flops(cfg: VARConfig) -> int:
+    """Forward multiply-add FLOPs (2 per MAC) per sample of the pyramid and backbone."""
+    d, c, r, t = cfg.width, cfg.channels, cfg.ffn_ratio, cfg.n_tokens
+    sides = cfg.sides
+    pyramid = sum(2 * c * a * a * b * b for a, b in zip(sides, sides[1:]))
+    # attended (query, key) pairs under the block-causal mask
+    pairs = sum(s * s * sum(u * u for u in sides[: i + 1]) for i, s in enumerate(sides))
+    per_layer = 2 * t * d * 3 * d + 2 * 2 * pairs * d + 2 * t * d * d + 2 * 2 * t * d * r * d
+    return pyramid + 2 * t * c * d + cfg.depth * per_layer
+
+
+def var_flops(cfg: VARConfig) -> int:
+    return backbone_flops(cfg) + 2 * cfg.s_last**2 * cfg.width * cfg.channels

@@ -1,0 +1,1 @@
+"""Control plane: the CLI, the sweep driver, Ray, the stores and reports."""

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from models.attention import attention, block_causal_mask
+
+SIDES = [1, 2, 3, 4]
+
+
+def _ids(sides=SIDES):
+    return torch.cat([torch.full((s * s,), i) for i, s in enumerate(sides)])
+
+
+def _qkv(heads=2, dim=8, seed=0, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    t = _ids().numel()
+    return [torch.randn(3, heads, t, dim, generator=g).requires_grad_(grad) for _ in range(3)]
+
+
+def test_mask_is_block_causal():
+    ids = _ids()
+    m = block_causal_mask(ids)
+    for i in range(len(ids)):
+        for j in range(len(ids)):
+            assert bool(m[i, j]) == bool(ids[j] <= ids[i])
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "auto"])
+def test_backend_matches_reference_forward_and_backward(backend):
+    ids = _ids()
+    q, k, v = _qkv()
+    ref = attention(q, k, v, ids, "reference")
+    gref = torch.autograd.grad(ref.pow(2).sum(), (q, k, v))
+    q2, k2, v2 = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = attention(q2, k2, v2, ids, backend)
+    gout = torch.autograd.grad(out.pow(2).sum(), (q2, k2, v2))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(gout, gref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_flex_matches_reference_forward_on_cpu():
+    ids = _ids()
+    q, k, v = _qkv(grad=False)
+    torch.testing.assert_close(
+        attention(q, k, v, ids, "flex"), attention(q, k, v, ids, "reference"), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_flex_backward_on_cpu_is_a_clear_error():
+    ids = _ids()
+    q, k, v = _qkv(grad=True)
+    with pytest.raises(NotImplementedError, match="no backward on CPU"):
+        attention(q, k, v, ids, "flex")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_backends_match_reference_on_cuda(backend):
+    ids = _ids([1, 2, 3, 4, 5, 6, 8]).cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    t = ids.numel()
+    q, k, v = (torch.randn(2, 1, t, 64, device="cuda", generator=g, requires_grad=True) for _ in range(3))
+    ref = attention(q, k, v, ids, "reference")
+    gref = torch.autograd.grad(ref.pow(2).sum(), (q, k, v))
+    out = attention(q, k, v, ids, backend)
+    gout = torch.autograd.grad(out.pow(2).sum(), (q, k, v))
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+    for a, b in zip(gout, gref):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)

@@ -1,0 +1,69 @@
+import math
+
+import pytest
+import torch
+
+from models.metrics import error_estimate
+from models.reference import reference_errors
+from models.targets import TARGETS, empirical_lipschitz, make_target
+
+
+@pytest.mark.parametrize("name", ["linear", "upsample"])
+@pytest.mark.parametrize("lip", [0.5, 3.0])
+def test_linear_targets_certified_matches_empirical(name, lip):
+    t = make_target(name, lip, 1, 2, 8, seed=3)
+    est = empirical_lipschitz(t, n_points=64, ascent_steps=2)
+    assert abs(est - t.certified_lipschitz) / lip < 0.02
+
+
+@pytest.mark.parametrize("name", ["mlp", "fourier"])
+@pytest.mark.parametrize("lip", [0.5, 2.0, 8.0])
+def test_nonlinear_targets_estimate_never_exceeds_certified(name, lip):
+    t = make_target(name, lip, 1, 2, 6, seed=1)
+    est = empirical_lipschitz(t, n_points=128, ascent_steps=10)
+    assert 0 < est <= t.certified_lipschitz * (1 + 1e-5)
+
+
+def test_registry_has_the_spec_families_and_rejects_unknown():
+    assert {"upsample", "linear", "mlp", "fourier"} <= set(TARGETS)
+    with pytest.raises(KeyError):
+        make_target("nope", 1.0, 1, 2, 4)
+    with pytest.raises(ValueError):
+        make_target("linear", -1.0, 1, 2, 4)
+
+
+def test_fourier_gets_harder_as_L_grows():
+    # relative error of the best affine map grows with L: harder, not just larger
+    rel = [reference_errors(make_target("fourier", L, 1, 2, 4, seed=0), n_fit=2048,
+                            n_eval=2048)["affine"].rel_err for L in (0.5, 4.0)]
+    assert rel[1] > 2 * rel[0]
+
+
+def test_err2_of_linear_model_matches_closed_form():
+    # f(x) = A x, g(x) = B x + c; E[x x^T] = I/12 + 11^T/4 for U[0,1] inputs.
+    g = torch.Generator().manual_seed(0)
+    n_in, n_out, n = 4, 16, 20000
+    a = torch.randn(n_out, n_in, generator=g, dtype=torch.float64)
+    b = a + 0.1 * torch.randn(n_out, n_in, generator=g, dtype=torch.float64)
+    c = 0.05 * torch.randn(n_out, generator=g, dtype=torch.float64)
+    x = torch.rand(n, n_in, generator=g, dtype=torch.float64)
+    est = error_estimate(x @ b.T + c, x @ a.T, p=2)
+    d = a - b
+    second = torch.eye(n_in, dtype=torch.float64) / 12 + torch.ones(n_in, n_in, dtype=torch.float64) / 4
+    mean = torch.full((n_in,), 0.5, dtype=torch.float64)
+    true_sq = (torch.trace(d @ second @ d.T) - 2 * c @ d @ mean + c @ c) / n_out
+    true = math.sqrt(float(true_sq))
+    assert est.err_ucb >= true
+    # the estimate lies within its two-sided interval (UCB mirrored below)
+    assert abs(est.err - true) <= (est.err_ucb - est.err) * 1.5
+    assert est.n == n
+
+
+def test_err_p_variants():
+    y = torch.zeros(10, 1, 2, 2)
+    pred = torch.full_like(y, 0.5)
+    pred[0, 0, 0, 0] = 2.0
+    assert math.isclose(error_estimate(pred, y + 1.0, p=float("inf")).err, 1.0)
+    e1 = error_estimate(pred, y, p=1)
+    assert math.isclose(e1.err, (39 * 0.5 + 2.0) / 40)
+    assert e1.err_ucb >= e1.err
