@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from models.flowar import FlowAR
 from models.var import VAR, VARConfig
 
 FAMILIES: dict[str, Callable[..., nn.Module]] = {}
@@ -27,6 +28,12 @@ def register_family(name: str):
 @register_family("var")
 def _build_var(cfg: VARConfig, **_: object) -> nn.Module:
     return VAR(cfg)
+
+
+@register_family("flowar")
+def _build_flowar(cfg: VARConfig, flow_steps: int = 4, flow_solver: str = "euler",
+                  **_: object) -> nn.Module:
+    return FlowAR(cfg, flow_steps=flow_steps, flow_solver=flow_solver)
 
 
 def build_model(family: str, cfg: VARConfig, **extra: object) -> nn.Module:

@@ -92,15 +92,23 @@ class Pyramid(nn.Module):
         ids = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.sides)])
         self.register_buffer("scale_ids", ids, persistent=False)
 
+    def up(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        """φ_i: flattened (B, c, s_i²) -> (B, c, s_(i+1)²) as one matmul."""
+        return z @ getattr(self, f"m{i}").T
+
     def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Flattened levels, each (B, c, s_k²)."""
         b, c = x.shape[:2]
         cur = x.reshape(b, c, -1)
         out = [cur]
         for i in range(len(self.sides) - 1):
-            cur = cur @ getattr(self, f"m{i}").T
+            cur = self.up(i, cur)
             out.append(cur)
         return out
+
+    def ids(self, n_scales: int) -> torch.Tensor:
+        """Scale ids of the first ``n_scales`` scales (a prefix of the sequence)."""
+        return self.scale_ids[: sum(s * s for s in self.sides[:n_scales])]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         levels = self.levels(x)
@@ -165,10 +173,11 @@ class Backbone(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.width) if cfg.layernorm else nn.Identity()
 
     def forward(self, tokens: torch.Tensor, scale_ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states for a token sequence, or for a prefix of whole scales."""
         mask = None
         if resolve_backend(self.cfg.backend, tokens.device) != "flex":
             mask = block_causal_mask(scale_ids)
-        h = self.embed(tokens) + self.level(scale_ids) + self.pos
+        h = self.embed(tokens) + self.level(scale_ids) + self.pos[: tokens.shape[1]]
         for block in self.blocks:
             h = block(h, scale_ids, mask)
         return self.ln_f(h)
@@ -233,10 +242,13 @@ def var_params(cfg: VARConfig) -> int:
     return backbone_params(cfg) + (cfg.width * cfg.channels + cfg.channels) + 1
 
 
-def backbone_flops(cfg: VARConfig) -> int:
-    """Forward multiply-add FLOPs (2 per MAC) per sample of the pyramid and backbone."""
-    d, c, r, t = cfg.width, cfg.channels, cfg.ffn_ratio, cfg.n_tokens
-    sides = cfg.sides
+def backbone_flops(cfg: VARConfig, n_scales: int | None = None) -> int:
+    """Forward FLOPs (2 per multiply-add) per sample of the pyramid and backbone.
+
+    ``n_scales`` counts a pass over a prefix of the sequence (FlowAR inference).
+    """
+    sides = cfg.sides[: n_scales or cfg.scales]
+    d, c, r, t = cfg.width, cfg.channels, cfg.ffn_ratio, sum(s * s for s in sides)
     pyramid = sum(2 * c * a * a * b * b for a, b in zip(sides, sides[1:]))
     # attended (query, key) pairs under the block-causal mask
     pairs = sum(s * s * sum(u * u for u in sides[: i + 1]) for i, s in enumerate(sides))

@@ -48,6 +48,8 @@ def build_trial_config(**settings) -> TrialConfig:
     k_max = max_scales(s["s_first"], s["s_last"])
     if s["scales"] > k_max or (s["scales"] == 1 and s["s_first"] != s["s_last"]):
         raise UserError("scales", f"must be in 2..{k_max} for sides {s['s_first']}->{s['s_last']}")
+    if s["model"] == "flowar" and s["scales"] < 2:
+        raise UserError("scales", "FlowAR needs at least 2 scales")
     if s["width"] % s["heads"]:
         raise UserError("heads", f"width {s['width']} is not divisible by {s['heads']} heads")
     lr = s["lr"]

@@ -1,0 +1,153 @@
+"""FlowAR: the VAR backbone conditions a per-token flow, scale by scale.
+
+Inference (deterministic): ŷ₁ = X; for k = 2..K, start from z₀ = φ(ŷ_(k−1)),
+run the backbone over scales 1..k (tokens [X; φ(ŷ₁); ...; φ(ŷ_(k−1))]) to get
+conditioning h_k for the scale-k tokens, integrate dz/dt = v_θ(z, t, h_k) from
+t = 0 to 1 with ``flow_steps`` Euler (or Heun) steps, and set ŷ_k = z₁.
+
+Training (teacher forcing, one backbone pass): the scale-k tokens are
+φ(y_(k−1)) with y_k the area-downsample of f(X) to s_k (y₁ = X, y_K = f(X));
+rectified flow matching with z_t = (1−t)z₀ + t·y_k and target velocity
+y_k − z₀, t ~ U(0,1) per sample and scale.
+
+Embedding, mask, position code, interpolation matrices and blocks are the VAR
+ones (``Backbone`` and ``Pyramid``); only the velocity head is new.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.var import Backbone, Pyramid, VARConfig, _init_weights, backbone_flops
+
+Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+SOLVERS = ("euler", "heun")
+
+
+def time_features(t: torch.Tensor, n: int = 16) -> torch.Tensor:
+    """Sinusoidal features of t ∈ [0, 1], shape (..., n)."""
+    freqs = math.pi * torch.arange(1, n // 2 + 1, device=t.device, dtype=t.dtype)
+    a = t[..., None] * freqs
+    return torch.cat([a.sin(), a.cos()], dim=-1)
+
+
+class VelocityHead(nn.Module):
+    """v_θ(z, t, h): per-token MLP on h + W_z·z + W_t·φ(t); zero output at init."""
+
+    def __init__(self, cfg: VARConfig, hidden_ratio: int = 2, n_time: int = 16):
+        super().__init__()
+        d, c = cfg.width, cfg.channels
+        self.n_time = n_time
+        self.z_in = nn.Linear(c, d)
+        self.t_in = nn.Linear(n_time, d)
+        self.fc = nn.Linear(d, hidden_ratio * d)
+        self.out = nn.Linear(hidden_ratio * d, c)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """z (B, n, c), t (B,) or per token (B, n), h (B, n, d) -> velocity (B, n, c)."""
+        te = self.t_in(time_features(t.reshape(z.shape[0], -1), self.n_time))
+        u = h + self.z_in(z) + te
+        return self.out(F.gelu(self.fc(u)))
+
+    def flops_per_token(self) -> int:
+        d, c, hr = self.fc.in_features, self.out.out_features, self.fc.out_features
+        return 2 * (c * d + self.n_time * d + d * hr + hr * c)
+
+
+def integrate(
+    z0: torch.Tensor, h: torch.Tensor, velocity: Velocity, steps: int, solver: str = "euler"
+) -> torch.Tensor:
+    """Integrate dz/dt = velocity(z, t, h) from t = 0 to 1 in ``steps`` equal steps."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown flow solver {solver!r}; known: {list(SOLVERS)}")
+    z, dt = z0, 1.0 / steps
+    for i in range(steps):
+        t = torch.full((z.shape[0],), i * dt, device=z.device, dtype=z.dtype)
+        v = velocity(z, t, h)
+        if solver == "heun":
+            z_pred = z + dt * v
+            v = 0.5 * (v + velocity(z_pred, t + dt, h))
+        z = z + dt * v
+    return z
+
+
+class FlowAR(nn.Module):
+    """Flow-based next-scale prediction, X (B,c,s1,s1) -> (B,c,sK,sK)."""
+
+    def __init__(self, cfg: VARConfig, flow_steps: int = 4, flow_solver: str = "euler"):
+        super().__init__()
+        if cfg.scales < 2:
+            raise ValueError("FlowAR needs at least 2 scales")
+        if flow_solver not in SOLVERS:
+            raise ValueError(f"unknown flow solver {flow_solver!r}")
+        self.cfg, self.flow_steps, self.flow_solver = cfg, flow_steps, flow_solver
+        self.pyramid = Pyramid(cfg)
+        self.backbone = Backbone(cfg)
+        self.head = VelocityHead(cfg)
+        self.apply(_init_weights)
+        nn.init.zeros_(self.head.out.weight)
+        nn.init.zeros_(self.head.out.bias)
+
+    def _slices(self) -> list[slice]:
+        out, start = [], 0
+        for s in self.cfg.sides:
+            out.append(slice(start, start + s * s))
+            start += s * s
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        sides, spans = self.cfg.sides, self._slices()
+        tokens = [x.reshape(b, c, -1)]  # per scale, (B, c, s²)
+        y_hat = tokens[0]
+        for k in range(1, len(sides)):
+            z0 = self.pyramid.up(k - 1, y_hat)
+            tokens.append(z0)
+            seq = torch.cat(tokens, dim=-1).transpose(1, 2)
+            h = self.backbone(seq, self.pyramid.ids(k + 1))[:, spans[k]]
+            z1 = integrate(z0.transpose(1, 2), h, self.head, self.flow_steps, self.flow_solver)
+            y_hat = z1.transpose(1, 2)
+        return y_hat.reshape(b, c, sides[-1], sides[-1])
+
+    def scale_targets(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """[y₁ = X, y₂, ..., y_K = f(X)], flattened (B, c, s_k²)."""
+        b, c = x.shape[:2]
+        sides = self.cfg.sides
+        ys = [x.reshape(b, c, -1)]
+        for s in sides[1:-1]:
+            ys.append(F.adaptive_avg_pool2d(y, (s, s)).reshape(b, c, -1))
+        ys.append(y.reshape(b, c, -1))
+        return ys
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Rectified flow matching with teacher forcing, token-weighted over scales 2..K."""
+        ys = self.scale_targets(x, y)
+        z0s = [self.pyramid.up(k - 1, ys[k - 1]) for k in range(1, len(ys))]
+        seq = torch.cat([ys[0], *z0s], dim=-1).transpose(1, 2)
+        h = self.backbone(seq, self.pyramid.scale_ids)
+        n0 = ys[0].shape[-1]
+        z0 = torch.cat(z0s, dim=-1).transpose(1, 2)  # (B, n, c) over scales 2..K
+        y1 = torch.cat(ys[1:], dim=-1).transpose(1, 2)
+        # one t per sample and scale, broadcast over that scale's tokens
+        t_scale = torch.rand(x.shape[0], len(z0s), device=x.device)
+        counts = torch.tensor([z.shape[-1] for z in z0s], device=x.device)
+        t_tok = torch.repeat_interleave(t_scale, counts, dim=1)[..., None]  # (B, n, 1)
+        zt = (1 - t_tok) * z0 + t_tok * y1
+        v = self.head(zt, t_tok[..., 0], h[:, n0:])
+        return F.mse_loss(v, y1 - z0)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_sample(self) -> int:
+        """Inference FLOPs: K−1 backbone passes over prefixes plus the flow steps."""
+        cfg = self.cfg
+        evals = self.flow_steps * (2 if self.flow_solver == "heun" else 1)
+        backbone = sum(backbone_flops(cfg, k + 1) for k in range(1, cfg.scales))
+        tokens = sum(s * s for s in cfg.sides[1:])
+        return backbone + evals * tokens * self.head.flops_per_token()

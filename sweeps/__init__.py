@@ -1,0 +1,1 @@
+"""Sweep specs, search spaces, samplers, frontier extraction and scaling laws."""
