@@ -32,7 +32,13 @@ def _root() -> None:
 
 
 def fail(exc: Exception) -> None:
-    """Turn a user error into one line and exit 2, a failed run into exit 1."""
+    """Turn a user error into one line (per spec problem) and exit 2, a failed run into exit 1."""
+    from sweeps.spec import SpecError
+
+    if isinstance(exc, SpecError):
+        for line in exc.lines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2)
     if isinstance(exc, UserError):
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
@@ -133,6 +139,251 @@ def _print_trial(r) -> None:
         msg = f"reached ε = {best} (err_ucb {r.err_ucb:.3g} ≤ {best})" if best else (
             f"reached no ε of the grid (smallest {min(r.reached, key=float)})")
         console.print(msg)
+
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="Results store URL (default: SQLite in the work dir; env VARBENCH_DB_URL).")]
+TrackOpt = Annotated[str | None, typer.Option("--tracking", help="MLflow tracking URI (default: SQLite in the work dir; env VARBENCH_TRACKING_URI).")]
+WorkOpt = Annotated[str | None, typer.Option("--workdir", help="Work directory (default ./varbench-work; env VARBENCH_HOME).")]
+AddrOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: an embedded local cluster).")]
+
+
+@app.command()
+def run(
+    spec: Annotated[str, typer.Argument(help="Sweep spec (YAML).")],
+    address: AddrOpt = None,
+    db: DbOpt = None,
+    tracking: TrackOpt = None,
+    workdir: WorkOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+) -> None:
+    """Run a sweep (or resume it) and print its frontier."""
+    from orchestrator.driver import Driver
+    from orchestrator.settings import resolve_settings
+    from sweeps.spec import load_spec
+
+    try:
+        sweep = load_spec(spec)
+        settings = resolve_settings(workdir, db, tracking, sweep.storage, sweep.tracking)
+        driver = Driver(sweep, settings, address)
+        driver.preflight()
+    except UserError as exc:
+        fail(exc)
+    outcome = _run_with_progress(driver, progress)
+    if outcome.interrupted:
+        typer.echo(f"interrupted: {outcome.trials_recorded} trials recorded; "
+                   f"resume with: varbench run {spec}", err=True)
+        raise typer.Exit(130)
+    console.print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
+                  f"{outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
+    _print_frontier(_frontier(settings.db_url, sweep.name))
+
+
+def _run_with_progress(driver, show: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if not show:
+        return driver.run()
+    with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                  TextColumn("{task.fields[front]}"), console=console, transient=False) as bar:
+        task = bar.add_task("sweep", total=None, front="")
+
+        def update(p):
+            bar.update(task, completed=p.done, total=p.total, front=p.frontier_text[:80])
+
+        driver.on_progress = update
+        return driver.run()
+
+
+def _frontier(db_url: str, sweep: str) -> list[dict]:
+    from orchestrator.queries import frontier_rows
+    from orchestrator.store import ResultsStore
+
+    store = ResultsStore(db_url)
+    store.check()
+    return frontier_rows(store, sweep)
+
+
+def _print_frontier(rows: list[dict]) -> None:
+    table = Table(title="frontier N*(ε, L): smallest N reaching ε (err_ucb ≤ ε)")
+    for col in ("model", "target", "L", "ε", "N*", "trial", "err_ucb", "config / censored"):
+        table.add_column(col, justify="right" if col in ("L", "ε", "N*", "trial", "err_ucb") else "left")
+    for r in rows:
+        if r["reached"]:
+            c = r["config"]
+            extra = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
+            if r["family"] == "flowar":
+                extra += f" steps={c.get('flow_steps')}"
+            table.add_row(r["variant"], r["target"], f"{r['lipschitz']:g}", f"{r['eps']:g}",
+                          f"{r['n_star']:,}", str(r["trial"]), _fmt(r["err_ucb"]), extra)
+        else:
+            table.add_row(r["variant"], r["target"], f"{r['lipschitz']:g}", f"{r['eps']:g}",
+                          "not reached", "-", "-",
+                          f"best err {_fmt(r['best_err'])}, largest N tried {r['max_n_tried'] or 0:,}")
+    console.print(table)
+
+
+@app.command()
+def frontier(
+    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    db: DbOpt = None,
+    workdir: WorkOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print N* per ε and L for a sweep, with the trial that achieved it."""
+    from orchestrator.settings import resolve_settings
+
+    try:
+        rows = _frontier(resolve_settings(workdir, db).db_url, sweep)
+    except UserError as exc:
+        fail(exc)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_frontier(rows)
+
+
+@app.command()
+def submit(
+    spec: Annotated[str, typer.Argument(help="Sweep spec (YAML), inside the working directory.")],
+    address: Annotated[str, typer.Option("--address", help="Ray dashboard / Jobs API address, e.g. http://127.0.0.1:8265.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job's logs until it ends.")] = False,
+    working_dir: Annotated[str, typer.Option(help="Directory shipped to the cluster.")] = ".",
+    db: DbOpt = None,
+    tracking: TrackOpt = None,
+) -> None:
+    """Submit a sweep to a Ray cluster through the Ray Jobs API."""
+    from pathlib import Path
+
+    from orchestrator import submit as jobs
+    from orchestrator.store import mask_url
+    from sweeps.spec import load_spec
+
+    try:
+        sweep = load_spec(spec)
+        env = {}
+        if db:
+            env["VARBENCH_DB_URL"] = db
+        if tracking:
+            env["VARBENCH_TRACKING_URI"] = tracking
+        sub = jobs.submit(sweep, Path(spec), address, Path(working_dir), env)
+    except UserError as exc:
+        fail(exc)
+    verb = "attached to existing job" if sub.attached else "submitted"
+    console.print(f"{verb} {sub.submission_id} ({sub.status})"
+                  + (f"; results in {mask_url(db)}" if db else ""), highlight=False)
+    if wait:
+        final = jobs.follow(address, sub.submission_id, typer.echo)
+        console.print(f"job {sub.submission_id}: {final}", highlight=False)
+        if final != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    target: Annotated[str | None, typer.Argument(help="A sweep name, or a job id with --address.")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray Jobs API address (for job ids).")] = None,
+    db: DbOpt = None,
+    workdir: WorkOpt = None,
+) -> None:
+    """Show sweeps in the store (trials done per cell), or a Ray job's status."""
+    from orchestrator.queries import sweep_status
+    from orchestrator.settings import resolve_settings
+    from orchestrator.store import ResultsStore
+
+    try:
+        if address and target:
+            from orchestrator import submit as jobs
+
+            st = jobs.job_status(jobs.client(address), target)
+            if st is None:
+                raise UserError("JOB", f"no job {target!r} at {address}")
+            console.print(f"{target}: {st}", highlight=False)
+            return
+        store = ResultsStore(resolve_settings(workdir, db).db_url)
+        store.check()
+        store.migrate()
+        rows = sweep_status(store, target)
+    except UserError as exc:
+        fail(exc)
+    table = Table(title="sweeps")
+    for col in ("sweep", "status", "cell", "trials", "failed"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["sweep"], r["status"], r["cell"], f"{r['done']}/{r['planned']}", str(r["failed"]))
+    console.print(table)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind (default loopback only).")] = "127.0.0.1",
+    tracking: TrackOpt = None,
+    workdir: WorkOpt = None,
+) -> None:
+    """Serve the MLflow UI over the configured tracking store (127.0.0.1 by default)."""
+    import os
+    import shutil
+    import sys
+
+    from orchestrator.settings import resolve_settings
+    from orchestrator.store import mask_url
+
+    settings = resolve_settings(workdir, None, tracking)
+    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    console.print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}", highlight=False)
+    os.execv(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", settings.tracking_uri,
+                          "--default-artifact-root", settings.artifact_root,
+                          "--host", host, "--port", str(port)])
+
+
+@app.command()
+def doctor(
+    address: AddrOpt = None,
+    db: DbOpt = None,
+    tracking: TrackOpt = None,
+    workdir: WorkOpt = None,
+) -> None:
+    """Versions, GPU, and whether the stores and the cluster are reachable."""
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    from orchestrator.cluster import check_address
+    from orchestrator.settings import resolve_settings
+    from orchestrator.store import ResultsStore, mask_url
+    from orchestrator.tracking import Tracker
+
+    settings = resolve_settings(workdir, db, tracking)
+    table = Table(title="varbench doctor")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_row("python", platform.python_version())
+    for pkg in ("torch", "ray", "optuna", "mlflow", "sqlalchemy", "typer", "pydantic"):
+        try:
+            table.add_row(pkg, md.version(pkg))
+        except md.PackageNotFoundError:
+            table.add_row(pkg, "missing")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU trials)"
+    table.add_row("GPU", gpu)
+    ok = True
+    checks = [
+        (f"results store {mask_url(settings.db_url)}", lambda: ResultsStore(settings.db_url).check()),
+        (f"MLflow {mask_url(settings.tracking_uri)}", lambda: Tracker(settings.tracking_uri, "varbench/doctor").check()),
+    ]
+    if address:
+        checks.append((f"Ray {address}", lambda: check_address(address)))
+    for name, fn in checks:
+        try:
+            fn()
+            table.add_row(name, "ok")
+        except UserError as exc:
+            ok = False
+            table.add_row(name, f"FAILED: {exc.problem}")
+    console.print(table)
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,66 @@
+"""Connecting to Ray: an embedded local cluster by default, or ``--address``.
+
+Ray's token authentication stays on (Ray turns it on for local clusters); we
+never set RAY_AUTH_MODE=disabled. An unreachable address is one clear line
+before any work.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import ray
+
+from workers.errors import UserError
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_address(address: str, field: str = "--address") -> None:
+    """TCP-probe a Ray GCS (host:port) or dashboard/ray:// URL; raise UserError if down."""
+    if address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host:
+        raise UserError(field, f"not a Ray address: {address!r} (use host:port or http://host:port)")
+    if port is None:
+        port = {"http": 80, "https": 443, "ray": 10001}.get(parsed.scheme, 6379)
+    if not _reachable(host, port):
+        raise UserError(field, f"cannot reach Ray at {host}:{port}")
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start or join Ray once per process."""
+    if ray.is_initialized():
+        return
+    if address in (None, "", "local"):
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        return
+    check_address(address)
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError) as exc:
+        raise UserError("--address", f"cannot join Ray at {address} ({exc})") from None
+
+
+def capacity(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials fit the cluster at once."""
+    res = ray.cluster_resources()
+    slots = int(res.get("CPU", 1) // cpus_per_trial) if cpus_per_trial else 1
+    if gpus_per_trial > 0:
+        slots = min(slots, int(res.get("GPU", 0) // gpus_per_trial))
+    return max(1, slots)
+
+
+def in_ray_job() -> bool:
+    return bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"))

@@ -1,0 +1,307 @@
+"""The sweep driver: the one writer.
+
+One driver per sweep (local, or inside a Ray job). It asks Optuna for trials,
+runs them as Ray tasks with resource requests and retries, collects results as
+they finish and, for each, in this order: records it in the results store
+(once: unique per cell and trial number), logs its MLflow child run, tells
+Optuna, and refreshes the cell's frontier. Workers only compute.
+
+Resume: running the same sweep again continues it. Optuna trials left RUNNING
+by a dead driver are completed from the store when their result was recorded,
+or failed and their params re-queued when it was not; store rows without an
+MLflow run get theirs (found again by tag, or logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+import ray
+from optuna.trial import TrialState
+
+from orchestrator import cluster
+from orchestrator.settings import Settings
+from orchestrator.store import ResultsStore, mask_url
+from orchestrator.tracking import Tracker, git_commit
+from sweeps.frontier import FrontierPoint, frontier
+from sweeps.samplers import make_sampler
+from sweeps.space import search_space, trial_config, trial_seed
+from sweeps.spec import ModelVariant, SweepSpec
+from workers.remote import reference_task, trial_task
+
+log = logging.getLogger("varbench.driver")
+DIRECTIONS = ["minimize", "minimize"]  # (N, err_ucb)
+
+
+@dataclass
+class Cell:
+    cell_id: int
+    study_name: str
+    variant: ModelVariant
+    target: str
+    lipschitz: float
+    study: optuna.Study
+    space: dict = field(default_factory=dict)
+    done: int = 0
+    in_flight: int = 0
+    points: list[FrontierPoint] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    frontier_text: str
+
+
+@dataclass
+class SweepOutcome:
+    sweep: str
+    trials_run: int
+    trials_recorded: int
+    seconds: float
+    compute_seconds: float
+    frontier: dict[str, list[FrontierPoint]]
+    interrupted: bool = False
+
+
+def study_name(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float) -> str:
+    return f"{spec.name}:{variant.label}:{target}:L={lipschitz:g}"
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    kwargs: dict = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 30}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+class Driver:
+    def __init__(
+        self,
+        spec: SweepSpec,
+        settings: Settings,
+        address: str | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        tags: dict[str, str] | None = None,
+        marker_dir: str | None = None,
+    ):
+        self.spec = spec
+        self.settings = settings
+        self.address = address
+        self.on_progress = on_progress or (lambda p: None)
+        self.tags = tags or {}
+        self.marker_dir = marker_dir
+        self.store = ResultsStore(settings.db_url)
+        self.tracker = Tracker(settings.tracking_uri, f"varbench/{spec.name}",
+                               artifact_root=settings.artifact_root)
+        self.commit = git_commit()
+        self.cells: list[Cell] = []
+        self._inflight: dict[ray.ObjectRef, tuple[Cell, optuna.Trial, dict]] = {}
+
+    # --- set-up ----------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Check every address before anything is written."""
+        self.store.check()
+        self.tracker.check()
+        cluster.connect(self.address)
+
+    def prepare(self) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.store.migrate()
+        spec = self.spec
+        self.sweep_id = self.store.upsert_sweep(
+            spec.name, spec.model_dump(mode="json"), spec.spec_hash(),
+            {"commit": self.commit, **self.tags},
+        )
+        storage = optuna_storage(self.settings.db_url)
+        for variant, target, lip in spec.cell_keys():
+            name = study_name(spec, variant, target, lip)
+            space = search_space(spec, variant)
+            sampler = make_sampler(spec.sampler, spec.eps, space, seed=spec.seed)
+            study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                        directions=DIRECTIONS, load_if_exists=True)
+            cell_id = self.store.upsert_cell(self.sweep_id, name, variant.label, variant.family,
+                                             target, lip)
+            self.cells.append(Cell(cell_id, name, variant, target, lip, study, space))
+            self.tracker.parent_run(name, {
+                "varbench.sweep": spec.name, "varbench.cell": name, "git.commit": self.commit,
+                "varbench.variant": variant.label, "varbench.target": target,
+                "varbench.lipschitz": f"{lip:g}", **self.tags,
+            })
+        self._recover()
+        self._reference_errors()
+        for cell in self.cells:
+            cell.done = len(self.store.trial_points(cell.cell_id))
+            self._refresh_frontier(cell)
+
+    def _recover(self) -> None:
+        """Settle what a dead driver left behind (see module docstring)."""
+        for cell in self.cells:
+            recorded = {t.number: t for t in self.store.trials(cell.cell_id)}
+            for t in cell.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                row = recorded.get(t.number)
+                if row is not None:
+                    self._tell(cell, t.number, row.status, row.n_params, row.err_ucb)
+                else:
+                    cell.study.tell(t.number, state=TrialState.FAIL)
+                    cell.study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+            for number, row in recorded.items():
+                if row.mlflow_run_id is None:
+                    run_id = self._log_mlflow(cell, number, row.result, recovering=True)
+                    self.store.set_trial_run_id(cell.cell_id, number, run_id)
+
+    def _reference_errors(self) -> None:
+        """Each cell's reference errors, computed once by workers."""
+        c, b = self.spec.cells, self.spec.budget
+        have = {row.id: row.reference for row in self.store.cells(self.sweep_id)}
+        todo = [cell for cell in self.cells if not have.get(cell.cell_id)]
+        refs = [reference_task.remote(cell.target, cell.lipschitz, c.channels, c.s_first,
+                                      c.s_last, c.target_seed, c.inputs, float(b.p))
+                for cell in todo]
+        for cell, ref in zip(todo, ray.get(refs)):
+            self.store.set_cell_fields(cell.cell_id, reference=ref)
+            self.tracker.log_parent_metrics(cell.study_name, {
+                f"reference.{k}.err_ucb": v["err_ucb"] for k, v in ref.items()})
+
+    # --- the loop ----------------------------------------------------------------
+
+    def run(self) -> SweepOutcome:
+        t0 = time.perf_counter()
+        self.preflight()
+        self.prepare()
+        res = self.spec.resources
+        slots = cluster.capacity(res.cpus, res.gpus)
+        deadline = t0 + self.spec.time_budget_s if self.spec.time_budget_s else math.inf
+        ran, recorded, compute = 0, 0, 0.0
+        interrupted = False
+        self._emit()
+        try:
+            while True:
+                while len(self._inflight) < slots and time.perf_counter() < deadline:
+                    cell = self._next_cell()
+                    if cell is None:
+                        break
+                    self._submit(cell)
+                if not self._inflight:
+                    break
+                ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    cell, trial, cfg = self._inflight.pop(ref)
+                    cell.in_flight -= 1
+                    result = self._collect(ref, cfg)
+                    ran += 1
+                    compute += float(result.get("seconds") or 0.0)
+                    recorded += self._handle(cell, trial.number, result)
+                    self._emit()
+        except KeyboardInterrupt:
+            interrupted = True
+            self._cancel_inflight()
+        status = "interrupted" if interrupted else "completed"
+        self.store.set_sweep_status(self.sweep_id, status)
+        if not interrupted:
+            for cell in self.cells:
+                self.tracker.finish_parent(cell.study_name)
+        return SweepOutcome(
+            self.spec.name, ran, recorded, time.perf_counter() - t0, compute,
+            {c.study_name: c.points for c in self.cells}, interrupted,
+        )
+
+    def _next_cell(self) -> Cell | None:
+        open_cells = [c for c in self.cells if c.done + c.in_flight < self.spec.trials]
+        if not open_cells:
+            return None
+        return min(open_cells, key=lambda c: (c.done + c.in_flight, c.cell_id))
+
+    def _submit(self, cell: Cell) -> None:
+        trial = cell.study.ask(cell.space)
+        cfg = trial_config(self.spec, cell.variant, cell.target, cell.lipschitz, trial.params,
+                           trial_seed(self.spec, cell.study_name, trial.number))
+        res = self.spec.resources
+        key = f"{cell.study_name}#{trial.number}"
+        ref = trial_task.options(
+            num_cpus=res.cpus, num_gpus=res.gpus, max_retries=res.max_retries,
+            retry_exceptions=False,
+        ).remote(cfg.to_dict(), max(1, int(res.cpus)), key, self.marker_dir)
+        self._inflight[ref] = (cell, trial, cfg.to_dict())
+        cell.in_flight += 1
+
+    def _collect(self, ref: ray.ObjectRef, cfg: dict) -> dict:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:  # worker died past its retries, or a bug
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            return {"status": "failed", "reason": reason, "config": cfg}
+
+    def _handle(self, cell: Cell, number: int, result: dict) -> int:
+        """Record, log, tell, refresh: the order that makes a crash at any point safe."""
+        new = self.store.record_trial(cell.cell_id, number, result)
+        if new:
+            run_id = self._log_mlflow(cell, number, result)
+            self.store.set_trial_run_id(cell.cell_id, number, run_id)
+            cell.done += 1
+        self._tell(cell, number, result["status"], result.get("n_params"), result.get("err_ucb"))
+        self._refresh_frontier(cell)
+        return int(new)
+
+    def _tell(self, cell: Cell, number: int, status: str, n_params, err_ucb) -> None:
+        if status == "completed" and err_ucb is not None and math.isfinite(err_ucb):
+            cell.study.tell(number, [float(n_params), float(err_ucb)], skip_if_finished=True)
+        else:
+            cell.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+
+    def _log_mlflow(self, cell: Cell, number: int, result: dict, recovering: bool = False) -> str:
+        cfg = result.get("config") or {}
+        params = {k: v for k, v in cfg.items() if k != "eps"}
+        params["eps_grid"] = ",".join(f"{e:g}" for e in self.spec.eps)
+        metrics = {k: result.get(k) for k in ("err", "err_ucb", "rel_err", "n_params", "flops",
+                                               "steps_run", "seconds", "sec_per_step")}
+        for eps, ok in (result.get("reached") or {}).items():
+            metrics[f"reached.{eps}"] = float(ok)
+        tags = {
+            "varbench.sweep": self.spec.name, "varbench.cell": cell.study_name,
+            "git.commit": self.commit, "varbench.status": result.get("status", ""),
+            "varbench.reason": result.get("reason", ""), "varbench.db": mask_url(self.settings.db_url),
+            **self.tags,
+        }
+        return self.tracker.log_trial(cell.study_name, number, params, metrics, tags,
+                                      failed=result.get("status") != "completed",
+                                      recovering=recovering)
+
+    def _refresh_frontier(self, cell: Cell) -> None:
+        cell.points = frontier(self.store.trial_points(cell.cell_id), self.spec.eps)
+        self.store.replace_frontier(cell.cell_id, cell.points)
+
+    def _cancel_inflight(self) -> None:
+        """Ctrl-C: cancel running tasks; fail and re-queue their trials for the next run."""
+        for ref, (cell, trial, _cfg) in list(self._inflight.items()):
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort, the task may have finished
+                pass
+            cell.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            cell.study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
+        self._inflight.clear()
+
+    def _emit(self) -> None:
+        done = sum(c.done for c in self.cells)
+        total = self.spec.trials * len(self.cells)
+        parts = []
+        for c in self.cells:
+            reached = [p for p in c.points if p.reached]
+            if reached:
+                p = min(reached, key=lambda q: q.eps)
+                parts.append(f"L={c.lipschitz:g} {c.target}: ε={p.eps:g} at N={p.n_star}")
+        self.on_progress(Progress(done, total, "; ".join(parts)))
+
+
+def run_sweep(spec: SweepSpec, settings: Settings, address: str | None = None,
+              on_progress: Callable[[Progress], None] | None = None,
+              tags: dict[str, str] | None = None) -> SweepOutcome:
+    return Driver(spec, settings, address, on_progress, tags).run()

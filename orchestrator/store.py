@@ -1,0 +1,353 @@
+"""The results store: SQLAlchemy 2 models, alembic migrations, one writer.
+
+Tables: sweeps, cells, trials, frontier points, nightly runs. SQLite in the
+work directory by default; any SQLAlchemy URL (PostgreSQL) by flag or
+``VARBENCH_DB_URL``. Only the driver writes. Every write is one transaction,
+so a crash never leaves a half-written row; (cell, trial number) is unique,
+so a trial is recorded once however often it is retried.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from sweeps.frontier import FrontierPoint, TrialPoint
+from workers.errors import UserError
+
+T = TypeVar("T")
+
+VERSION_TABLE = "varbench_alembic_version"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SweepRow(Base):
+    __tablename__ = "vb_sweeps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    tags: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class CellRow(Base):
+    __tablename__ = "vb_cells"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("vb_sweeps.id", ondelete="CASCADE"))
+    study_name: Mapped[str] = mapped_column(String(300), unique=True)
+    variant: Mapped[str] = mapped_column(String(100))
+    family: Mapped[str] = mapped_column(String(50))
+    target: Mapped[str] = mapped_column(String(50))
+    lipschitz: Mapped[float] = mapped_column(Float)
+    reference: Mapped[dict] = mapped_column(JSON, default=dict)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class TrialRow(Base):
+    __tablename__ = "vb_trials"
+    __table_args__ = (UniqueConstraint("cell_id", "number", name="uq_trial_cell_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("vb_cells.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    config: Mapped[dict] = mapped_column(JSON)
+    n_params: Mapped[int] = mapped_column(BigInteger, default=0)
+    flops: Mapped[int] = mapped_column(BigInteger, default=0)
+    width: Mapped[int] = mapped_column(Integer, default=0)
+    err: Mapped[float | None] = mapped_column(Float, nullable=True)
+    err_ucb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rel_err: Mapped[float | None] = mapped_column(Float, nullable=True)
+    steps_run: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    result: Mapped[dict] = mapped_column(JSON)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class FrontierRow(Base):
+    __tablename__ = "vb_frontier"
+    __table_args__ = (UniqueConstraint("cell_id", "eps", name="uq_frontier_cell_eps"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("vb_cells.id", ondelete="CASCADE"), index=True)
+    eps: Mapped[float] = mapped_column(Float)
+    reached: Mapped[bool] = mapped_column(Boolean)
+    n_star: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    best_err: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_n_tried: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    n_trials: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class NightlyRow(Base):
+    __tablename__ = "vb_nightly_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("vb_sweeps.id", ondelete="CASCADE"))
+    date: Mapped[str] = mapped_column(String(10))
+    commit: Mapped[str] = mapped_column(String(40))
+    regression: Mapped[bool] = mapped_column(Boolean, default=False)
+    comparison: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+def mask_url(url: str) -> str:
+    """A database or tracking URL with any password replaced by ***."""
+    try:
+        u = make_url(url)
+    except Exception:
+        return url
+    if u.password is None:
+        return url
+    return u.render_as_string(hide_password=True)
+
+
+def _migrations_dir() -> str:
+    return str(Path(__file__).parent / "migrations")
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to head with alembic (own version table, beside Optuna's)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", _migrations_dir())
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def make_engine(url: str) -> Engine:
+    kwargs: dict = {"pool_pre_ping": True, "future": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 30}
+    try:
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise UserError(mask_url(url), f"not a usable database URL ({exc})") from None
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _fk(dbapi_conn, _):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+    return engine
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    u = make_url(url)
+    if u.drivername.startswith("sqlite") and u.database and u.database != ":memory:":
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+class ResultsStore:
+    """All reads and writes of varbench's own tables."""
+
+    def __init__(self, url: str, retries: int = 5):
+        self.url = url
+        ensure_sqlite_dir(url)
+        self.engine = make_engine(url)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._retries = retries
+
+    def check(self) -> None:
+        """Fail fast, naming the (masked) address, when the database is unreachable."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(mask_url(self.url), f"cannot reach the results database ({first})") from None
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    def _run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction; rerun it whole when the connection drops.
+
+        A dropped connection (server restart, pg_terminate_backend, failover)
+        rolls the transaction back, so a rerun never writes anything twice.
+        """
+        for attempt in range(self._retries):
+            session = self._session()
+            try:
+                out = work(session)
+                session.commit()
+                return out
+            except (OperationalError, InterfaceError):
+                session.rollback()
+                if attempt == self._retries - 1:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+            finally:
+                session.close()
+        raise AssertionError("unreachable")
+
+    # --- writes (driver only) -------------------------------------------------
+
+    def upsert_sweep(self, name: str, spec: dict, spec_hash: str, tags: dict | None = None) -> int:
+        def work(s: Session):
+            row = s.scalar(select(SweepRow).where(SweepRow.name == name))
+            if row is None:
+                row = SweepRow(name=name, spec=spec, spec_hash=spec_hash, tags=tags or {})
+                s.add(row)
+                s.flush()
+            elif row.spec_hash != spec_hash:
+                raise UserError(
+                    "name", f"sweep {name!r} already exists with a different spec; "
+                    "give the changed spec a new name"
+                )
+            else:
+                row.status, row.updated_at = "running", now()
+                if tags:
+                    row.tags = {**(row.tags or {}), **tags}
+            return row.id
+        return self._run(work)
+
+    def set_sweep_status(self, sweep_id: int, status: str) -> None:
+        def work(s: Session):
+            row = s.get(SweepRow, sweep_id)
+            row.status, row.updated_at = status, now()
+        return self._run(work)
+
+    def upsert_cell(self, sweep_id: int, study_name: str, variant: str, family: str,
+                    target: str, lipschitz: float) -> int:
+        def work(s: Session):
+            row = s.scalar(select(CellRow).where(CellRow.study_name == study_name))
+            if row is None:
+                row = CellRow(sweep_id=sweep_id, study_name=study_name, variant=variant,
+                              family=family, target=target, lipschitz=lipschitz, reference={})
+                s.add(row)
+                s.flush()
+            return row.id
+        return self._run(work)
+
+    def set_cell_fields(self, cell_id: int, **fields) -> None:
+        def work(s: Session):
+            row = s.get(CellRow, cell_id)
+            for k, v in fields.items():
+                setattr(row, k, v)
+        return self._run(work)
+
+    def record_trial(self, cell_id: int, number: int, result: dict) -> bool:
+        """Insert a trial's result once; False (and no write) if it is already there."""
+        def work(s: Session):
+            exists = s.scalar(select(TrialRow.id).where(
+                TrialRow.cell_id == cell_id, TrialRow.number == number))
+            if exists is not None:
+                return False
+            s.add(TrialRow(
+                cell_id=cell_id, number=number, status=result["status"],
+                reason=result.get("reason", ""), config=_json_safe(result.get("config", {})),
+                n_params=result.get("n_params", 0), flops=result.get("flops", 0),
+                width=result.get("width", 0), err=result.get("err"),
+                err_ucb=result.get("err_ucb"), rel_err=result.get("rel_err"),
+                steps_run=result.get("steps_run", 0), seconds=result.get("seconds", 0.0),
+                result=_json_safe(result),
+            ))
+            return True
+        return self._run(work)
+
+    def set_trial_run_id(self, cell_id: int, number: int, run_id: str) -> None:
+        def work(s: Session):
+            row = s.scalar(select(TrialRow).where(
+                TrialRow.cell_id == cell_id, TrialRow.number == number))
+            row.mlflow_run_id = run_id
+        return self._run(work)
+
+    def replace_frontier(self, cell_id: int, points: list[FrontierPoint]) -> None:
+        def work(s: Session):
+            s.execute(delete(FrontierRow).where(FrontierRow.cell_id == cell_id))
+            for p in points:
+                s.add(FrontierRow(cell_id=cell_id, **p.to_dict()))
+        return self._run(work)
+
+    def add_nightly(self, sweep_id: int, date: str, commit: str, regression: bool,
+                    comparison: dict) -> None:
+        def work(s: Session):
+            s.add(NightlyRow(sweep_id=sweep_id, date=date, commit=commit,
+                             regression=regression, comparison=comparison))
+        return self._run(work)
+
+    # --- reads ---------------------------------------------------------------
+
+    def sweep(self, name: str) -> SweepRow | None:
+        with self._session() as s:
+            return s.scalar(select(SweepRow).where(SweepRow.name == name))
+
+    def sweeps(self) -> list[SweepRow]:
+        with self._session() as s:
+            return list(s.scalars(select(SweepRow).order_by(SweepRow.id)))
+
+    def cells(self, sweep_id: int) -> list[CellRow]:
+        with self._session() as s:
+            return list(s.scalars(select(CellRow).where(CellRow.sweep_id == sweep_id)
+                                  .order_by(CellRow.id)))
+
+    def trials(self, cell_id: int) -> list[TrialRow]:
+        with self._session() as s:
+            return list(s.scalars(select(TrialRow).where(TrialRow.cell_id == cell_id)
+                                  .order_by(TrialRow.number)))
+
+    def trial_points(self, cell_id: int) -> list[TrialPoint]:
+        return [TrialPoint(t.number, t.n_params, t.err_ucb, t.status) for t in self.trials(cell_id)]
+
+    def frontier(self, cell_id: int) -> list[FrontierRow]:
+        with self._session() as s:
+            return list(s.scalars(select(FrontierRow).where(FrontierRow.cell_id == cell_id)
+                                  .order_by(FrontierRow.eps.desc())))
+
+    def nightly_runs(self, sweep_id: int | None = None) -> list[NightlyRow]:
+        with self._session() as s:
+            q = select(NightlyRow).order_by(NightlyRow.id)
+            if sweep_id is not None:
+                q = q.where(NightlyRow.sweep_id == sweep_id)
+            return list(s.scalars(q))
+
+
+def _json_safe(value):
+    """JSON columns reject inf/nan on PostgreSQL: store those floats as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

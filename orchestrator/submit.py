@@ -1,0 +1,109 @@
+"""Submitting a sweep to a Ray cluster through the Ray Jobs API.
+
+The submission id is derived from the sweep (name and spec hash), so a
+repeated submit of the same spec attaches to the job already there instead
+of running it twice. The working directory ships as the job's runtime
+environment; database and tracking URLs travel as environment variables, not
+on the (visible) entrypoint. Ray's token is read by Ray's own client from
+RAY_AUTH_TOKEN or ~/.ray/auth_token; we never turn authentication off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweeps.spec import SweepSpec
+from workers.errors import UserError
+
+EXCLUDES = [".venv", ".git", "varbench-work", "mlruns", "mlartifacts", "*.db", "__pycache__",
+            ".pytest_cache", ".ruff_cache", ".hypothesis"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+@dataclass
+class Submission:
+    submission_id: str
+    status: str
+    attached: bool  # True when the job already existed
+
+
+def submission_id(spec: SweepSpec) -> str:
+    return f"varbench-{spec.name}-{spec.spec_hash()[:12]}"
+
+
+def dashboard_url(address: str) -> str:
+    return address if "://" in address else f"http://{address}"
+
+
+def client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    from orchestrator.cluster import check_address
+
+    url = dashboard_url(address)
+    check_address(url)
+    try:
+        return JobSubmissionClient(url)
+    except Exception as exc:  # noqa: BLE001 - Ray raises several types here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError("--address", f"cannot use the Ray Jobs API at {url} ({first})") from None
+
+
+def job_status(c, sid: str) -> str | None:
+    try:
+        return str(c.get_job_status(sid).value)
+    except RuntimeError as exc:
+        if "404" in str(exc) or "does not exist" in str(exc).lower():
+            return None
+        raise
+
+
+def submit(
+    spec: SweepSpec,
+    spec_path: Path,
+    address: str,
+    working_dir: Path,
+    env: dict[str, str] | None = None,
+) -> Submission:
+    spec_path = spec_path.resolve()
+    working_dir = working_dir.resolve()
+    try:
+        rel = spec_path.relative_to(working_dir)
+    except ValueError:
+        raise UserError("SPEC", f"{spec_path} is outside the working directory {working_dir}") from None
+    c = client(address)
+    sid = submission_id(spec)
+    existing = job_status(c, sid)
+    if existing is not None:
+        return Submission(sid, existing, attached=True)
+    c.submit_job(
+        entrypoint=f"python -m orchestrator.cli run {rel.as_posix()} --address auto",
+        submission_id=sid,
+        runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES,
+                     "env_vars": dict(env or {})},
+        metadata={"varbench.sweep": spec.name, "varbench.spec_hash": spec.spec_hash()},
+    )
+    return Submission(sid, job_status(c, sid) or "PENDING", attached=False)
+
+
+def follow(address: str, sid: str, echo: Callable[[str], None], poll_s: float = 1.0,
+           timeout_s: float | None = None) -> str:
+    """Print the job's new log lines until it ends; return its final status."""
+    c = client(address)
+    seen = 0
+    start = time.monotonic()
+    while True:
+        status = job_status(c, sid) or "UNKNOWN"
+        logs = c.get_job_logs(sid)
+        if len(logs) > seen:
+            for line in logs[seen:].splitlines():
+                echo(line)
+            seen = len(logs)
+        if status in TERMINAL:
+            return status
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            return status
+        time.sleep(poll_s)

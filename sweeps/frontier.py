@@ -1,0 +1,63 @@
+"""Frontier extraction: N*(ε) per cell from its trials, censored where not reached.
+
+N*(ε) is the smallest N among completed trials that reach ε (err_ucb <= ε),
+with the trial that achieved it. Where no trial reaches ε the point says so:
+the best err seen and the largest N tried, never a made-up N*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    number: int
+    n_params: int
+    err_ucb: float | None
+    status: str  # "completed" or "failed"
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    eps: float
+    reached: bool
+    n_star: int | None  # None when not reached (censored)
+    trial_number: int | None
+    best_err: float | None  # best err_ucb among completed trials
+    max_n_tried: int | None  # largest N among completed trials
+    n_trials: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def frontier(trials: Iterable[TrialPoint], eps_grid: Iterable[float]) -> list[FrontierPoint]:
+    """One point per ε, largest ε first; ties in N go to the lower error, then the earlier trial."""
+    done = [t for t in trials if t.status == "completed" and t.err_ucb is not None]
+    best_err = min((t.err_ucb for t in done), default=None)
+    max_n = max((t.n_params for t in done), default=None)
+    points = []
+    for eps in sorted(set(eps_grid), reverse=True):
+        reach = [t for t in done if t.err_ucb <= eps]
+        if reach:
+            w = min(reach, key=lambda t: (t.n_params, t.err_ucb, t.number))
+            points.append(FrontierPoint(eps, True, w.n_params, w.number, best_err, max_n, len(done)))
+        else:
+            points.append(FrontierPoint(eps, False, None, None, best_err, max_n, len(done)))
+    return points
+
+
+def pareto_front(trials: Iterable[TrialPoint]) -> list[TrialPoint]:
+    """Completed trials not dominated in (N, err_ucb), sorted by N."""
+    done = sorted(
+        (t for t in trials if t.status == "completed" and t.err_ucb is not None),
+        key=lambda t: (t.n_params, t.err_ucb),
+    )
+    front, best = [], float("inf")
+    for t in done:
+        if t.err_ucb < best:
+            front.append(t)
+            best = t.err_ucb
+    return front

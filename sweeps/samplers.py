@@ -1,0 +1,158 @@
+"""Samplers by name, and our frontier-seeking sampler.
+
+``FrontierSampler`` is a real ``optuna.samplers.BaseSampler`` for studies with
+objectives (N, err). It aims trials at the current frontier: for each ε not
+yet reached, or reached but not tight, it probes sizes between the largest
+failing and the smallest reaching width (a bisection in log width, one per
+ε, hardest ε first). Settings other than width are copied from the trial that
+bounds the interval, or, with probability ``explore``, left to random
+sampling. When every ε is tight or censored it samples at random.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, IntDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from workers.errors import UserError
+
+
+class FrontierSampler(BaseSampler):
+    def __init__(
+        self,
+        eps: Sequence[float],
+        size_param: str = "width",
+        n_startup: int = 3,
+        ratio_tol: float = 1.25,
+        explore: float = 0.2,
+        seed: int | None = None,
+    ):
+        self._eps = sorted(float(e) for e in eps)
+        self._size = size_param
+        self._n_startup = n_startup
+        self._ratio_tol = ratio_tol
+        self._explore = explore
+        self._rng = np.random.RandomState(seed)
+        self._random = RandomSampler(seed=seed)
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        for t in reversed(study.get_trials(deepcopy=False)):
+            if self._size in t.distributions:
+                return dict(t.distributions)
+        return {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        dist = search_space.get(self._size)
+        if not isinstance(dist, IntDistribution):
+            return {}
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+        pending = [t for t in trials if t.state == TrialState.RUNNING and self._size in t.params]
+        if len(done) + len(pending) < self._n_startup:
+            i = len(done) + len(pending)
+            frac = (i + 0.5) / self._n_startup
+            w = round(math.exp(math.log(dist.low) + frac * (math.log(dist.high) - math.log(dist.low))))
+            return {self._size: int(min(max(w, dist.low), dist.high))}
+        probe = self._probe(done, pending, dist)
+        if probe is None:
+            return {}
+        width, template = probe
+        params: dict[str, Any] = {self._size: width}
+        if template is not None and self._rng.rand() >= self._explore:
+            for name, value in template.params.items():
+                d = search_space.get(name)
+                if name != self._size and d is not None and d._contains(d.to_internal_repr(value)):
+                    params[name] = value
+        return params
+
+    def _probe(self, done, pending, dist: IntDistribution):
+        size = self._size
+        busy = {t.params[size] for t in pending} | {t.params[size] for t in done}
+        tried_max = max(busy)
+        for eps in self._eps:  # hardest first
+            reach = [t for t in done if t.values[1] <= eps]
+            if not reach:
+                if tried_max >= dist.high:
+                    continue  # censored at the top of the range
+                best = min(done, key=lambda t: t.values[1])
+                return int(min(dist.high, max(tried_max * 2, tried_max + 1))), best
+            top = min(reach, key=lambda t: (t.params[size], t.values[1]))
+            w_r = top.params[size]
+            below = [t.params[size] for t in done if t.values[1] > eps and t.params[size] < w_r]
+            below += [t.params[size] for t in pending if t.params[size] < w_r]
+            lo = max(below) if below else None
+            if lo is None:
+                if w_r <= dist.low:
+                    continue
+                cand = max(dist.low, int(round(math.sqrt(dist.low * w_r))))
+                if w_r / dist.low <= self._ratio_tol:
+                    cand = dist.low
+            else:
+                if w_r / lo <= self._ratio_tol or w_r - lo < 2:
+                    continue
+                cand = min(max(int(round(math.sqrt(lo * w_r))), lo + 1), w_r - 1)
+            if cand not in busy:
+                return cand, top
+        return None
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+
+def grid_values(space: dict[str, BaseDistribution]) -> dict[str, list]:
+    """A finite grid over a search space: powers of two for log ints, ends and middle else."""
+    grid: dict[str, list] = {}
+    for name, d in space.items():
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            grid[name] = list(d.choices)
+        elif isinstance(d, IntDistribution):
+            if d.log:
+                vals = {d.low, d.high} | {2**k for k in range(12) if d.low <= 2**k <= d.high}
+            else:
+                vals = set(range(d.low, d.high + 1))
+            grid[name] = sorted(vals)
+        else:
+            lo, hi = d.low, d.high
+            grid[name] = sorted({lo, math.sqrt(lo * hi) if d.log else (lo + hi) / 2, hi})
+    return grid
+
+
+def make_sampler(
+    name: str, eps: Sequence[float], space: dict[str, BaseDistribution], seed: int
+) -> BaseSampler:
+    """Samplers by name: frontier (ours), tpe, nsga2, gp, random, grid."""
+    if name == "frontier":
+        return FrontierSampler(eps, seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_values(space), seed=seed)
+    raise UserError("sampler", f"unknown sampler {name!r}")

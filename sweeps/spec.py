@@ -1,0 +1,287 @@
+"""The sweep spec: a YAML file validated once, at the edge, by pydantic.
+
+Everything downstream trusts these types. An invalid spec fails before any
+work with one line per problem, each naming the field (``spec_errors``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from models.families import FAMILIES
+from models.inputs import INPUTS
+from models.interp import INTERPOLATIONS
+from models.schedule import max_scales
+from models.targets import TARGETS
+from workers.errors import UserError
+
+SAMPLERS = ("frontier", "tpe", "nsga2", "gp", "random", "grid")
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PosInt = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelVariant(Strict):
+    """One model family with fixed or searched architecture settings.
+
+    An int fixes a setting; a list opens it to the search ("beyond the
+    theorem"). Defaults are the theorem's model: 1 head, 1 layer, FFN ratio 4.
+    """
+
+    name: str | None = None
+    family: str = "var"
+    heads: PosInt | list[PosInt] = 1
+    depth: PosInt | list[PosInt] = 1
+    ffn_ratio: PosInt | list[PosInt] = 4
+    layernorm: bool = False
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        if v not in FAMILIES:
+            raise ValueError(f"unknown model family {v!r}; choose one of {', '.join(sorted(FAMILIES))}")
+        return v
+
+    @field_validator("heads", "depth", "ffn_ratio")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an opened setting needs at least one value")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or self.family
+
+
+class Cells(Strict):
+    models: list[ModelVariant | str] = Field(min_length=1)
+    targets: list[str] = Field(min_length=1)
+    lipschitz: list[PosFloat] = Field(min_length=1)
+    channels: PosInt = 1
+    s_first: PosInt = 2
+    s_last: PosInt = 8
+    inputs: str = "uniform"
+    target_seed: int = 0
+
+    @field_validator("models")
+    @classmethod
+    def _variants(cls, v):
+        out = [ModelVariant(family=m) if isinstance(m, str) else m for m in v]
+        labels = [m.label for m in out]
+        if len(set(labels)) != len(labels):
+            raise ValueError("model variants need distinct names")
+        return out
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, v):
+        bad = [t for t in v if t not in TARGETS]
+        if bad:
+            raise ValueError(f"unknown target family {bad[0]!r}; choose from {', '.join(sorted(TARGETS))}")
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _known_inputs(cls, v):
+        if v not in INPUTS:
+            raise ValueError(f"unknown input distribution {v!r}; choose one of {', '.join(INPUTS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _sides(self):
+        if self.s_last < self.s_first:
+            raise ValueError("s_last must be >= s_first")
+        if self.s_last > 64:
+            raise ValueError("s_last above 64 is not supported (attention over >5k tokens)")
+        return self
+
+
+class Budget(Strict):
+    steps: PosInt = 2000
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
+    lr: PosFloat = 1e-2
+    warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    grad_clip: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    eval_every: PosInt = 100
+    n_eval: Annotated[int, Field(ge=2, le=10_000_000)] = 4096
+    p: float | Literal["inf"] = 2.0
+
+    @field_validator("p")
+    @classmethod
+    def _p(cls, v):
+        value = float(v)
+        if not value >= 1:
+            raise ValueError("p must be >= 1 or 'inf'")
+        return value
+
+
+class IntRange(Strict):
+    low: PosInt
+    high: PosInt
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+
+class FloatRange(Strict):
+    low: PosFloat
+    high: PosFloat
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+
+class SearchSpace(Strict):
+    width: IntRange = IntRange(low=4, high=256, log=True)
+    scales: IntRange | None = None  # default: 2 .. the largest K for the sides
+    interp: list[str] = Field(default_factory=lambda: sorted(INTERPOLATIONS), min_length=1)
+    flow_steps: list[PosInt] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
+    lr: FloatRange | None = None  # None: the budget's lr, not searched
+
+    @field_validator("interp")
+    @classmethod
+    def _known_interp(cls, v):
+        bad = [i for i in v if i not in INTERPOLATIONS]
+        if bad:
+            raise ValueError(f"unknown interpolation {bad[0]!r}; choose from {', '.join(sorted(INTERPOLATIONS))}")
+        return v
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, v):
+        if v.high > 4096:
+            raise ValueError("width above 4096 is not supported")
+        return v
+
+
+class Resources(Strict):
+    cpus: Annotated[float, Field(gt=0, le=1024, allow_inf_nan=False)] = 1.0
+    gpus: Annotated[float, Field(ge=0, le=64, allow_inf_nan=False)] = 0.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 1
+
+
+class SweepSpec(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    seed: int = 0
+    cells: Cells
+    eps: list[PosFloat] = Field(min_length=1)
+    budget: Budget = Budget()
+    search: SearchSpace = SearchSpace()
+    sampler: str = "frontier"
+    trials: PosInt = 20  # per study
+    time_budget_s: PosFloat | None = None
+    resources: Resources = Resources()
+    storage: str | None = None  # results store and Optuna URL; default SQLite in the work dir
+    tracking: str | None = None  # MLflow tracking URI; default SQLite in the work dir
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v):
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}; choose one of {', '.join(SAMPLERS)}")
+        return v
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v):
+        return sorted(set(v), reverse=True)
+
+    @model_validator(mode="after")
+    def _scales(self):
+        k_max = max_scales(self.cells.s_first, self.cells.s_last)
+        sc = self.search.scales
+        if sc is not None and sc.high > k_max:
+            raise ValueError(f"search.scales.high {sc.high} exceeds {k_max}, the most scales between sides {self.cells.s_first} and {self.cells.s_last}")
+        if k_max < 2:
+            raise ValueError("cells.s_last must exceed cells.s_first (at least two scales)")
+        return self
+
+    def scale_range(self) -> tuple[int, int]:
+        k_max = max_scales(self.cells.s_first, self.cells.s_last)
+        if self.search.scales is None:
+            return 2, min(k_max, 4)
+        return max(self.search.scales.low, 1), self.search.scales.high
+
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def cell_keys(self) -> list[tuple[ModelVariant, str, float]]:
+        return [(m, t, L) for m in self.cells.models for t in self.cells.targets
+                for L in self.cells.lipschitz]
+
+
+def _loc(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "spec"
+
+
+def spec_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, each starting with the field's dotted path."""
+    lines = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{_loc(e)}: {msg}")
+    return lines
+
+
+class SpecError(UserError):
+    """An invalid spec: all its problems, one per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        super().__init__(source, "; ".join(problems))
+        self.source, self.problems = source, problems
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {p}" for p in self.problems]
+
+
+def parse_spec(data: object, source: str = "spec") -> SweepSpec:
+    if not isinstance(data, dict):
+        raise SpecError(source, ["spec: the top level must be a mapping of fields"])
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, spec_errors(exc)) from None
+    except RecursionError:
+        raise SpecError(source, ["spec: nested too deeply"]) from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a YAML spec; raise SpecError naming every bad field."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise UserError(str(path), f"cannot read spec ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"spec: not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(str(path), [f"spec: not valid YAML{where}"]) from None
+    except RecursionError:
+        raise SpecError(str(path), ["spec: nested too deeply"]) from None
+    return parse_spec(data, str(path))

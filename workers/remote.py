@@ -1,0 +1,48 @@
+"""Ray remote wrappers: plain dicts in, plain dicts out, no connections held.
+
+The fault-injection switch ``VARBENCH_FAULT_KILL`` ("<study>#<number>") kills
+the worker process on that trial's first attempt (tests of worker death);
+it is off unless set.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+
+from models.reference import reference_errors
+from models.targets import make_target
+from workers.config import TrialConfig
+from workers.trial import run_trial
+
+FAULT_ENV = "VARBENCH_FAULT_KILL"
+
+
+def _maybe_die(key: str, attempt_marker_dir: str | None) -> None:
+    if os.environ.get(FAULT_ENV) != key or not attempt_marker_dir:
+        return
+    marker = os.path.join(attempt_marker_dir, key.replace("/", "_").replace("#", "_") + ".killed")
+    if not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write("killed once\n")
+        os._exit(1)
+
+
+@ray.remote
+def trial_task(cfg: dict, threads: int = 1, key: str = "", marker_dir: str | None = None) -> dict:
+    """Run one trial in a Ray worker and return its result as a dict."""
+    torch.set_num_threads(max(1, threads))
+    _maybe_die(key, marker_dir)
+    return run_trial(TrialConfig.from_dict(cfg)).to_dict()
+
+
+@ray.remote
+def reference_task(target: str, lipschitz: float, channels: int, s_first: int, s_last: int,
+                   target_seed: int, inputs: str, p: float) -> dict:
+    """The cell's reference errors (best affine map, interpolate-and-scale)."""
+    torch.set_num_threads(1)
+    t = make_target(target, lipschitz, channels, s_first, s_last, target_seed)
+    refs = reference_errors(t, inputs=inputs, p=p)
+    return {k: {"err": v.err, "err_ucb": v.err_ucb, "rel_err": v.rel_err} for k, v in refs.items()}
