@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/varbench trial --model var --target upsample --interp bicubic --scales 2 --width 8
+	$(VENV)/bin/varbench run sweeps/quick.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

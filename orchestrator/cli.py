@@ -168,7 +168,10 @@ def run(
         driver.preflight()
     except UserError as exc:
         fail(exc)
-    outcome = _run_with_progress(driver, progress)
+    try:
+        outcome = _run_with_progress(driver, progress)
+    except UserError as exc:
+        fail(exc)
     if outcome.interrupted:
         typer.echo(f"interrupted: {outcome.trials_recorded} trials recorded; "
                    f"resume with: varbench run {spec}", err=True)

@@ -1,0 +1,51 @@
+import optuna
+from optuna.distributions import CategoricalDistribution, IntDistribution
+
+from sweeps.frontier import TrialPoint, frontier, pareto_front
+from sweeps.samplers import FrontierSampler, grid_values, make_sampler
+
+
+def test_frontier_smallest_reaching_and_censored_points():
+    trials = [
+        TrialPoint(0, 100, 0.30, "completed"),
+        TrialPoint(1, 400, 0.08, "completed"),
+        TrialPoint(2, 200, 0.09, "completed"),
+        TrialPoint(3, 50, None, "failed"),
+        TrialPoint(4, 800, 0.04, "completed"),
+    ]
+    pts = {p.eps: p for p in frontier(trials, [0.1, 0.05, 0.01])}
+    assert pts[0.1].reached and pts[0.1].n_star == 200 and pts[0.1].trial_number == 2
+    assert pts[0.05].n_star == 800
+    assert not pts[0.01].reached and pts[0.01].n_star is None
+    assert pts[0.01].best_err == 0.04 and pts[0.01].max_n_tried == 800
+    # monotone: a smaller ε never needs a smaller N
+    reached = [pts[e].n_star for e in (0.1, 0.05)]
+    assert reached == sorted(reached)
+    assert [t.number for t in pareto_front(trials)] == [0, 2, 1, 4]
+
+
+def _objective(trial):
+    w = trial.suggest_int("width", 4, 256, log=True)
+    trial.suggest_categorical("interp", ["a", "b"])
+    err = 1.0 / w  # reaches ε exactly from width 1/ε
+    return float(w), err
+
+
+def test_frontier_sampler_finds_thresholds_within_tolerance():
+    eps = [0.1, 0.03, 0.01]
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=FrontierSampler(eps, seed=0))
+    study.optimize(_objective, n_trials=25)
+    pts = frontier([TrialPoint(t.number, int(t.values[0]), t.values[1], "completed")
+                    for t in study.trials], eps)
+    for p in pts:
+        want = 1.0 / p.eps
+        assert p.reached and want <= p.n_star <= 1.25 * want + 1, (p.eps, p.n_star)
+
+
+def test_sampler_registry_and_grid():
+    space = {"width": IntDistribution(4, 64, log=True), "interp": CategoricalDistribution(["x", "y"])}
+    g = grid_values(space)
+    assert g["width"] == [4, 8, 16, 32, 64] and g["interp"] == ["x", "y"]
+    for name in ("frontier", "tpe", "nsga2", "gp", "random", "grid"):
+        assert isinstance(make_sampler(name, [0.1], space, seed=0), optuna.samplers.BaseSampler)

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from sweeps.spec import SpecError, load_spec, parse_spec
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["quick", "nightly", "paper"])
+def test_shipped_specs_are_valid(name):
+    spec = load_spec(ROOT / "sweeps" / f"{name}.yaml")
+    assert spec.name == name and spec.cell_keys()
+
+
+def _base() -> dict:
+    return yaml.safe_load(TINY.read_text())
+
+
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda d: d["search"].update(interp=["bicubic", "cubic"]), "search.interp"),
+        (lambda d: d.update(eps=[0.1, -0.5]), "eps.1"),
+        (lambda d: d.update(eps=[0.0]), "eps.0"),
+        (lambda d: d.update(sampler="hyperband"), "sampler"),
+        (lambda d: d.pop("cells"), "cells"),
+        (lambda d: d["cells"].update(lipschitz=[0]), "cells.lipschitz.0"),
+        (lambda d: d["cells"].update(targets=["nope"]), "cells.targets"),
+        (lambda d: d.update(trials="many"), "trials"),
+        (lambda d: d.update(unknown_field=1), "unknown_field"),
+    ],
+)
+def test_invalid_spec_names_the_field(mutate, field):
+    d = _base()
+    mutate(d)
+    with pytest.raises(SpecError) as exc:
+        parse_spec(d)
+    assert any(p.startswith(field) for p in exc.value.problems), exc.value.problems
+
+
+def test_several_problems_one_line_each_exit_2_nothing_written(tmp_path):
+    d = _base()
+    d["search"]["interp"] = ["cubic"]
+    d["eps"] = [-1]
+    d["sampler"] = "nope"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(d))
+    work = tmp_path / "work"
+    res = CliRunner().invoke(app, ["run", str(bad), "--workdir", str(work)])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 3, lines
+    for fld in ("search.interp", "eps", "sampler"):
+        assert any(fld in ln for ln in lines), (fld, lines)
+    assert "Traceback" not in res.output
+    assert not work.exists()
+
+
+def test_missing_file_and_bad_yaml_are_clean_errors(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", str(tmp_path / "absent.yaml")])
+    assert res.exit_code == 2 and "cannot read spec" in res.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    res = runner.invoke(app, ["run", str(bad)])
+    assert res.exit_code == 2 and "not valid YAML" in res.stderr

@@ -1,0 +1,115 @@
+"""End-to-end sweeps on real local services: Ray, Optuna storage, MLflow, SQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.driver import run_sweep
+from orchestrator.settings import resolve_settings
+from orchestrator.store import ResultsStore
+from orchestrator.tracking import Tracker
+from sweeps.frontier import frontier
+from sweeps.spec import load_spec
+from tests.conftest import TINY, free_port, tiny_spec
+
+
+def check_sweep(spec, settings, trials_per_cell: int) -> dict[str, int]:
+    """The invariants: frontier in the store = frontier from the trials; one MLflow child
+    run per trial under its study's parent; no Optuna trial left RUNNING."""
+    store = ResultsStore(settings.db_url)
+    sweep = store.sweep(spec.name)
+    cells = store.cells(sweep.id)
+    assert len(cells) == len(spec.cell_keys())
+    tracker = Tracker(settings.tracking_uri, f"varbench/{spec.name}")
+    counts = {}
+    for cell in cells:
+        rows = store.trials(cell.id)
+        assert len(rows) == trials_per_cell
+        stored = [(f.eps, f.reached, f.n_star, f.trial_number) for f in store.frontier(cell.id)]
+        computed = [(p.eps, p.reached, p.n_star, p.trial_number)
+                    for p in frontier(store.trial_points(cell.id), spec.eps)]
+        assert stored == computed and len(stored) == len(spec.eps)
+        children = tracker.child_runs(cell.study_name)
+        keys = sorted(r.data.tags["varbench.trial"] for r in children)
+        assert keys == sorted(f"{cell.study_name}#{r.number}" for r in rows)
+        assert {r.info.run_id for r in children} == {r.mlflow_run_id for r in rows}
+        study = optuna.load_study(study_name=cell.study_name, storage=settings.db_url)
+        assert not study.get_trials(states=(TrialState.RUNNING,))
+        assert len(study.get_trials(states=(TrialState.COMPLETE,))) == sum(
+            r.status == "completed" for r in rows)
+        counts[cell.study_name] = len(children)
+    return counts
+
+
+def test_tiny_sweep_local_sqlite_then_rerun_adds_nothing(tmp_path, ray_local):
+    spec = load_spec(TINY)
+    settings = resolve_settings(workdir=str(tmp_path / "work"))
+    out = run_sweep(spec, settings)
+    assert out.trials_recorded == 6 and not out.interrupted
+    before = check_sweep(spec, settings, 3)
+    again = run_sweep(spec, settings)
+    assert again.trials_run == 0 and again.trials_recorded == 0
+    assert check_sweep(spec, settings, 3) == before
+    # the CLI reads the same frontier back
+    res = CliRunner().invoke(app, ["frontier", "tiny", "--json", "--workdir", str(tmp_path / "work")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert len(rows) == 2 * len(spec.eps)
+    assert all((r["n_star"] is None) != r["reached"] for r in rows)
+
+
+def test_changed_spec_under_same_name_is_refused(tmp_path, ray_local):
+    work = str(tmp_path / "work")
+    run_sweep(load_spec(tiny_spec(tmp_path, trials=1)), resolve_settings(workdir=work))
+    res = CliRunner().invoke(app, ["run", str(tiny_spec(tmp_path, trials=2, seed=9)), "--workdir", work])
+    assert res.exit_code == 2 and "different spec" in res.stderr
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow-server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail("mlflow server exited during start-up")
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.postgres
+def test_tiny_sweep_on_postgres_with_mlflow_server(tmp_path, ray_local, pg_url, mlflow_server):
+    spec = load_spec(TINY)
+    settings = resolve_settings(workdir=str(tmp_path / "work"), db=pg_url, tracking=mlflow_server)
+    out = run_sweep(spec, settings)
+    assert out.trials_recorded == 6
+    before = check_sweep(spec, settings, 3)
+    assert run_sweep(spec, settings).trials_recorded == 0
+    assert check_sweep(spec, settings, 3) == before
+    assert not (tmp_path / "work" / "varbench.db").exists()  # nothing went to SQLite
