@@ -182,7 +182,14 @@ def run(
 
 
 def _run_with_progress(driver, show: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if not show:
         return driver.run()
@@ -390,6 +397,9 @@ def doctor(
 
 
 def main() -> None:
+    from orchestrator.submit import use_token_if_given
+
+    use_token_if_given()  # before Ray is imported: it reads the auth mode once
     app()
 
 

@@ -10,6 +10,7 @@ RAY_AUTH_TOKEN or ~/.ray/auth_token; we never turn authentication off.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,16 @@ def dashboard_url(address: str) -> str:
     return address if "://" in address else f"http://{address}"
 
 
+def use_token_if_given() -> None:
+    """Ray's client sends a token only in token mode: turn it on when we hold one.
+
+    Ray reads the mode once, so the CLI calls this before Ray is imported.
+    """
+    if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) and \
+            not os.environ.get("RAY_AUTH_MODE"):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
@@ -45,11 +56,13 @@ def client(address: str):
 
     url = dashboard_url(address)
     check_address(url)
+    use_token_if_given()
     try:
         return JobSubmissionClient(url)
     except Exception as exc:  # noqa: BLE001 - Ray raises several types here
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError("--address", f"cannot use the Ray Jobs API at {url} ({first})") from None
+        hint = "; set RAY_AUTH_TOKEN to the cluster's token" if "token" in first.lower() else ""
+        raise UserError("--address", f"cannot use the Ray Jobs API at {url} ({first}){hint}") from None
 
 
 def job_status(c, sid: str) -> str | None:

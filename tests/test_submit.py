@@ -1,0 +1,110 @@
+"""Submission through the Ray Jobs API to a `ray start --head` cluster with token auth."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture(scope="module")
+def token_cluster(tmp_path_factory):
+    """A head node on 127.0.0.1 with RAY_AUTH_MODE=token; stopped by signalling --block."""
+    token = secrets.token_hex(16)
+    gcs, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    proc = subprocess.Popen(
+        [f"{VENV_BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+         "--num-cpus", "2", "--include-dashboard", "true", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    import urllib.error
+    import urllib.request
+
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:  # up, and asking for the token
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("ray head did not start within 120 s")
+    yield url, token
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _varbench(args, token, **kw):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = kw.pop("home", env.get("HOME", "/root"))
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    return subprocess.run([f"{VENV_BIN}/varbench", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=kw.pop("timeout", 300))
+
+
+@pytest.mark.slow
+def test_submit_runs_the_sweep_and_status_reads_success(token_cluster, tmp_path):
+    url, token = token_cluster
+    db = f"sqlite:///{tmp_path / 'results.db'}"
+    res = _varbench(["submit", "tests/specs/tiny.yaml", "--address", url, "--db", db,
+                     "--tracking", f"sqlite:///{tmp_path / 'mlflow.db'}"], token)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "submitted varbench-tiny-" in res.stdout
+    sid = res.stdout.split("submitted ")[1].split()[0]
+    deadline = time.time() + 240
+    status = ""
+    while time.time() < deadline:
+        st = _varbench(["status", sid, "--address", url], token)
+        assert st.returncode == 0, st.stderr
+        status = st.stdout.strip().rsplit(" ", 1)[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCEEDED"
+    # the job wrote its trials into the database we named
+    from orchestrator.store import ResultsStore
+
+    store = ResultsStore(db)
+    sweep = store.sweep("tiny")
+    assert sweep is not None and sweep.status == "completed"
+    assert sum(len(store.trials(c.id)) for c in store.cells(sweep.id)) == 6
+    # a repeated submit attaches instead of running the sweep twice
+    again = _varbench(["submit", "tests/specs/tiny.yaml", "--address", url], token)
+    assert again.returncode == 0 and f"attached to existing job {sid}" in again.stdout
+
+
+def test_submit_without_token_is_refused(token_cluster, tmp_path):
+    url, _ = token_cluster
+    res = _varbench(["submit", "tests/specs/tiny.yaml", "--address", url], None,
+                    home=str(tmp_path))  # no ~/.ray/auth_token either
+    assert res.returncode == 2
+    assert "token" in res.stderr.lower() and "Traceback" not in res.stderr
+
+
+def test_unreachable_address_is_one_line(tmp_path):
+    res = _varbench(["submit", "tests/specs/tiny.yaml", "--address",
+                     f"http://127.0.0.1:{free_port()}"], None)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "cannot reach Ray" in res.stderr
