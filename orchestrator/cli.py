@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # long paths and names stay on one line
 
 
 @app.callback()
@@ -393,6 +393,81 @@ def doctor(
             table.add_row(name, f"FAILED: {exc.problem}")
     console.print(table)
     if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    db: DbOpt = None,
+    tracking: TrackOpt = None,
+    workdir: WorkOpt = None,
+    out: Annotated[str | None, typer.Option(help="Output directory (default WORKDIR/reports/SWEEP).")] = None,
+    boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 300,
+) -> None:
+    """Write the HTML report and markdown summary; log both on the studies' MLflow runs."""
+    from pathlib import Path
+
+    from orchestrator.reporting import publish_report
+    from orchestrator.settings import resolve_settings
+
+    try:
+        settings = resolve_settings(workdir, db, tracking)
+        rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot)
+    except UserError as exc:
+        fail(exc)
+    for f in rep.fits:
+        if f.ok:
+            console.print(f"{f.group}: β = {_fmt_ci(f.beta, f.beta_ci)}, γ = {_fmt_ci(f.gamma, f.gamma_ci)}"
+                          f" from {f.n_points} points" + (f" ({f.note})" if f.note else ""), highlight=False)
+        else:
+            console.print(f"{f.group}: no fit ({f.note})", highlight=False)
+    console.print(f"report: {rep.html_path}\nsummary: {rep.md_path}", highlight=False)
+
+
+def _fmt_ci(v, ci) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else f"{v:.3g}"
+
+
+@app.command()
+def nightly(
+    spec: Annotated[str, typer.Option(help="The nightly spec.")] = "sweeps/nightly.yaml",
+    address: AddrOpt = None,
+    db: DbOpt = None,
+    tracking: TrackOpt = None,
+    workdir: WorkOpt = None,
+    date: Annotated[str | None, typer.Option(help="Night to record (YYYY-MM-DD, default today UTC).")] = None,
+    fail_on_regression: Annotated[bool, typer.Option(help="Exit 1 when a regression is flagged.")] = True,
+    boot: Annotated[int, typer.Option(help="Bootstrap resamples for the fits.")] = 300,
+) -> None:
+    """Run the nightly sweep tagged with date and commit; compare with the previous night."""
+    from orchestrator.reporting import run_nightly
+    from orchestrator.settings import resolve_settings
+    from sweeps.spec import load_spec
+
+    try:
+        base = load_spec(spec)
+        settings = resolve_settings(workdir, db, tracking, base.storage, base.tracking)
+        result = run_nightly(base, settings, address, date, n_boot=boot,
+                             on_driver=lambda d: _run_with_progress(d, True))
+    except UserError as exc:
+        fail(exc)
+    comp = result.comparison
+    if comp.previous is None:
+        console.print(f"{result.sweep}: first night, nothing to compare", highlight=False)
+    else:
+        n_reg = sum(p.regression for p in comp.points) + len(comp.exponent_regressions)
+        console.print(f"{result.sweep} vs {comp.previous}: {n_reg} regression(s) outside the noise",
+                      highlight=False)
+        for p in comp.points:
+            if p.regression:
+                console.print(f"  REGRESSION {p.cell} ε={p.eps:g}: N* {p.prev} -> {p.curr}", highlight=False)
+        for line in comp.exponent_regressions:
+            console.print(f"  REGRESSION {line}", highlight=False)
+    console.print(f"report: {result.report.html_path}", highlight=False)
+    if comp.regression and fail_on_regression:
         raise typer.Exit(1)
 
 

@@ -301,9 +301,13 @@ class ResultsStore:
 
     def add_nightly(self, sweep_id: int, date: str, commit: str, regression: bool,
                     comparison: dict) -> None:
+        """One nightly row per sweep: a rerun of the same night replaces its comparison."""
         def work(s: Session):
-            s.add(NightlyRow(sweep_id=sweep_id, date=date, commit=commit,
-                             regression=regression, comparison=comparison))
+            row = s.scalar(select(NightlyRow).where(NightlyRow.sweep_id == sweep_id))
+            if row is None:
+                row = NightlyRow(sweep_id=sweep_id, date=date, commit=commit)
+                s.add(row)
+            row.regression, row.comparison = regression, _json_safe(comparison)
         return self._run(work)
 
     # --- reads ---------------------------------------------------------------
