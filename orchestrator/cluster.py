@@ -43,8 +43,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address in (None, "", "local"):
+        # loopback only: an embedded cluster serves nobody else
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=False, configure_logging=True, logging_level="ERROR")
+                 log_to_driver=False, configure_logging=True, logging_level="ERROR",
+                 _node_ip_address="127.0.0.1")
         return
     check_address(address)
     try:

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import optuna
 import ray
+from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from orchestrator import cluster
 from orchestrator.settings import Settings
@@ -32,9 +36,10 @@ from sweeps.frontier import FrontierPoint, frontier
 from sweeps.samplers import make_sampler
 from sweeps.space import search_space, trial_config, trial_seed
 from sweeps.spec import ModelVariant, SweepSpec
-from workers.remote import reference_task, trial_task
+from workers.remote import FAULT_VARS, reference_task, trial_task
 
 log = logging.getLogger("varbench.driver")
+T = TypeVar("T")
 DIRECTIONS = ["minimize", "minimize"]  # (N, err_ucb)
 
 
@@ -70,6 +75,22 @@ class SweepOutcome:
     interrupted: bool = False
 
 
+def retry_db(fn: Callable[[], T], attempts: int = 6) -> T:
+    """Run an Optuna storage call again when the database connection drops.
+
+    Tells use ``skip_if_finished`` and enqueues ``skip_if_exists``, so a call
+    that committed before its connection died is harmless to repeat.
+    """
+    for i in range(attempts):
+        try:
+            return fn()
+        except (OperationalError, InterfaceError, StorageInternalError):
+            if i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i)
+    raise AssertionError("unreachable")
+
+
 def study_name(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float) -> str:
     return f"{spec.name}:{variant.label}:{target}:L={lipschitz:g}"
 
@@ -89,14 +110,12 @@ class Driver:
         address: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         tags: dict[str, str] | None = None,
-        marker_dir: str | None = None,
     ):
         self.spec = spec
         self.settings = settings
         self.address = address
         self.on_progress = on_progress or (lambda p: None)
         self.tags = tags or {}
-        self.marker_dir = marker_dir
         self.store = ResultsStore(settings.db_url)
         self.tracker = Tracker(settings.tracking_uri, f"varbench/{spec.name}",
                                artifact_root=settings.artifact_root)
@@ -107,26 +126,30 @@ class Driver:
     # --- set-up ----------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Check every address before anything is written."""
+        """Check every address before anything is written: Ray, the database, MLflow."""
+        if self.address not in (None, "", "local", "auto"):
+            cluster.check_address(self.address)
         self.store.check()
         self.tracker.check()
         cluster.connect(self.address)
 
     def prepare(self) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.store.migrate()
+        with self.store.schema_lock():  # concurrent drivers on one PostgreSQL: one at a time
+            self.store.migrate()
+            storage = retry_db(lambda: optuna_storage(self.settings.db_url))
         spec = self.spec
         self.sweep_id = self.store.upsert_sweep(
             spec.name, spec.model_dump(mode="json"), spec.spec_hash(),
             {"commit": self.commit, **self.tags},
         )
-        storage = optuna_storage(self.settings.db_url)
         for variant, target, lip in spec.cell_keys():
             name = study_name(spec, variant, target, lip)
             space = search_space(spec, variant)
             sampler = make_sampler(spec.sampler, spec.eps, space, seed=spec.seed)
-            study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
-                                        directions=DIRECTIONS, load_if_exists=True)
+            study = retry_db(lambda n=name, s=sampler: optuna.create_study(
+                storage=storage, study_name=n, sampler=s, directions=DIRECTIONS,
+                load_if_exists=True))
             cell_id = self.store.upsert_cell(self.sweep_id, name, variant.label, variant.family,
                                              target, lip)
             self.cells.append(Cell(cell_id, name, variant, target, lip, study, space))
@@ -145,13 +168,10 @@ class Driver:
         """Settle what a dead driver left behind (see module docstring)."""
         for cell in self.cells:
             recorded = {t.number: t for t in self.store.trials(cell.cell_id)}
-            for t in cell.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                row = recorded.get(t.number)
-                if row is not None:
-                    self._tell(cell, t.number, row.status, row.n_params, row.err_ucb)
-                else:
-                    cell.study.tell(t.number, state=TrialState.FAIL)
-                    cell.study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+            running = retry_db(lambda c=cell: c.study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,)))
+            for t in running:
+                self._settle(cell, t.number, dict(t.params), recorded.get(t.number))
             for number, row in recorded.items():
                 if row.mlflow_run_id is None:
                     run_id = self._log_mlflow(cell, number, row.result, recovering=True)
@@ -193,12 +213,13 @@ class Driver:
                     break
                 ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    cell, trial, cfg = self._inflight.pop(ref)
-                    cell.in_flight -= 1
+                    cell, trial, cfg = self._inflight[ref]
                     result = self._collect(ref, cfg)
+                    recorded += self._handle(cell, trial.number, result)
+                    del self._inflight[ref]  # only now: a Ctrl-C above leaves it to settle
+                    cell.in_flight -= 1
                     ran += 1
                     compute += float(result.get("seconds") or 0.0)
-                    recorded += self._handle(cell, trial.number, result)
                     self._emit()
         except KeyboardInterrupt:
             interrupted = True
@@ -220,17 +241,46 @@ class Driver:
         return min(open_cells, key=lambda c: (c.done + c.in_flight, c.cell_id))
 
     def _submit(self, cell: Cell) -> None:
-        trial = cell.study.ask(cell.space)
+        trial = self._ask(cell)
         cfg = trial_config(self.spec, cell.variant, cell.target, cell.lipschitz, trial.params,
                            trial_seed(self.spec, cell.study_name, trial.number))
         res = self.spec.resources
         key = f"{cell.study_name}#{trial.number}"
-        ref = trial_task.options(
-            num_cpus=res.cpus, num_gpus=res.gpus, max_retries=res.max_retries,
-            retry_exceptions=False,
-        ).remote(cfg.to_dict(), max(1, int(res.cpus)), key, self.marker_dir)
+        options: dict = {"num_cpus": res.cpus, "num_gpus": res.gpus,
+                         "max_retries": res.max_retries, "retry_exceptions": False}
+        fault = {k: os.environ[k] for k in FAULT_VARS if os.environ.get(k)}
+        if fault:  # fault injection (tests): only then do tasks get a runtime env
+            options["runtime_env"] = {"env_vars": fault}
+        ref = trial_task.options(**options).remote(cfg.to_dict(), max(1, int(res.cpus)), key)
         self._inflight[ref] = (cell, trial, cfg.to_dict())
         cell.in_flight += 1
+
+    def _ask(self, cell: Cell, attempts: int = 6) -> optuna.Trial:
+        """study.ask, surviving a dropped connection.
+
+        ask() creates the trial, then sets its params in further calls; when
+        the connection drops in between, the half-made trial is failed (and,
+        if it was a re-queued one, queued again) before asking anew.
+        """
+        for i in range(attempts):
+            try:
+                return cell.study.ask(cell.space)
+            except (OperationalError, InterfaceError, StorageInternalError):
+                if i == attempts - 1:
+                    raise
+                time.sleep(0.2 * 2**i)
+                retry_db(lambda: self._fail_orphans(cell))
+        raise AssertionError("unreachable")
+
+    def _fail_orphans(self, cell: Cell) -> None:
+        mine = {t.number for c, t, _ in self._inflight.values() if c is cell}
+        for t in cell.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number in mine:
+                continue
+            cell.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            fixed = t.system_attrs.get("fixed_params")
+            if fixed:
+                cell.study.enqueue_trial(dict(fixed), user_attrs=dict(t.user_attrs))
 
     def _collect(self, ref: ray.ObjectRef, cfg: dict) -> dict:
         try:
@@ -252,9 +302,31 @@ class Driver:
 
     def _tell(self, cell: Cell, number: int, status: str, n_params, err_ucb) -> None:
         if status == "completed" and err_ucb is not None and math.isfinite(err_ucb):
-            cell.study.tell(number, [float(n_params), float(err_ucb)], skip_if_finished=True)
+            retry_db(lambda: cell.study.tell(number, [float(n_params), float(err_ucb)],
+                                             skip_if_finished=True))
         else:
-            cell.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            retry_db(lambda: cell.study.tell(number, state=TrialState.FAIL, skip_if_finished=True))
+
+    def _settle(self, cell: Cell, number: int, params: dict, row=None) -> None:
+        """An interrupted trial: complete it from the store if its result was
+        recorded there, else fail it and queue its params again."""
+        if row is None:
+            row = next((t for t in self.store.trials(cell.cell_id) if t.number == number), None)
+        if row is not None:
+            self._tell(cell, number, row.status, row.n_params, row.err_ucb)
+        else:
+            self._requeue(cell, number, params)
+
+    def _requeue(self, cell: Cell, number: int, params: dict) -> None:
+        """Fail an interrupted trial and queue its params again (once)."""
+        retry_db(lambda: cell.study.tell(number, state=TrialState.FAIL, skip_if_finished=True))
+
+        def enqueue() -> None:  # idempotent: a retried call must not queue it twice
+            waiting = cell.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if not any(t.user_attrs.get("requeued_from") == number for t in waiting):
+                cell.study.enqueue_trial(params, user_attrs={"requeued_from": number})
+
+        retry_db(enqueue)
 
     def _log_mlflow(self, cell: Cell, number: int, result: dict, recovering: bool = False) -> str:
         cfg = result.get("config") or {}
@@ -279,15 +351,15 @@ class Driver:
         self.store.replace_frontier(cell.cell_id, cell.points)
 
     def _cancel_inflight(self) -> None:
-        """Ctrl-C: cancel running tasks; fail and re-queue their trials for the next run."""
-        for ref, (cell, trial, _cfg) in list(self._inflight.items()):
+        """Ctrl-C: cancel running tasks, then settle every RUNNING trial as a resume would
+        (including one asked for but not yet sent when the interrupt came)."""
+        for ref in list(self._inflight):
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - best effort, the task may have finished
                 pass
-            cell.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            cell.study.enqueue_trial(dict(trial.params), user_attrs={"requeued_from": trial.number})
         self._inflight.clear()
+        self._recover()
 
     def _emit(self) -> None:
         done = sum(c.done for c in self.cells)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -42,6 +43,7 @@ from workers.errors import UserError
 T = TypeVar("T")
 
 VERSION_TABLE = "varbench_alembic_version"
+SCHEMA_LOCK = 7270731  # pg_advisory_lock key for schema set-up
 
 
 def now() -> datetime:
@@ -197,7 +199,50 @@ class ResultsStore:
             raise UserError(mask_url(self.url), f"cannot reach the results database ({first})") from None
 
     def migrate(self) -> None:
-        migrate(self.engine)
+        self._retry(lambda: migrate(self.engine))
+
+    @contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        """Serialise schema set-up across drivers (a PostgreSQL advisory lock).
+
+        Two sweeps starting at once on an empty database would otherwise both
+        create the same tables. SQLite has a single writer and needs none. A
+        connection that dies while holding the lock releases it with it.
+        """
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+
+        def acquire():
+            conn = self.engine.connect()
+            try:
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({SCHEMA_LOCK})")
+            except BaseException:
+                conn.invalidate()
+                conn.close()
+                raise
+            return conn
+
+        conn = self._retry(acquire)
+        try:
+            yield
+        finally:
+            try:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SCHEMA_LOCK})")
+                conn.commit()
+            except (OperationalError, InterfaceError):
+                pass  # the server already dropped the connection, and the lock with it
+            conn.close()
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        for attempt in range(self._retries):
+            try:
+                return fn()
+            except (OperationalError, InterfaceError):
+                if attempt == self._retries - 1:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _run(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one transaction; rerun it whole when the connection drops.
@@ -310,40 +355,35 @@ class ResultsStore:
             row.regression, row.comparison = regression, _json_safe(comparison)
         return self._run(work)
 
-    # --- reads ---------------------------------------------------------------
+    # --- reads (retried like writes when the connection drops) -----------------
 
     def sweep(self, name: str) -> SweepRow | None:
-        with self._session() as s:
-            return s.scalar(select(SweepRow).where(SweepRow.name == name))
+        return self._run(lambda s: s.scalar(select(SweepRow).where(SweepRow.name == name)))
 
     def sweeps(self) -> list[SweepRow]:
-        with self._session() as s:
-            return list(s.scalars(select(SweepRow).order_by(SweepRow.id)))
+        return self._run(lambda s: list(s.scalars(select(SweepRow).order_by(SweepRow.id))))
 
     def cells(self, sweep_id: int) -> list[CellRow]:
-        with self._session() as s:
-            return list(s.scalars(select(CellRow).where(CellRow.sweep_id == sweep_id)
-                                  .order_by(CellRow.id)))
+        return self._run(lambda s: list(s.scalars(
+            select(CellRow).where(CellRow.sweep_id == sweep_id).order_by(CellRow.id))))
 
     def trials(self, cell_id: int) -> list[TrialRow]:
-        with self._session() as s:
-            return list(s.scalars(select(TrialRow).where(TrialRow.cell_id == cell_id)
-                                  .order_by(TrialRow.number)))
+        return self._run(lambda s: list(s.scalars(
+            select(TrialRow).where(TrialRow.cell_id == cell_id).order_by(TrialRow.number))))
 
     def trial_points(self, cell_id: int) -> list[TrialPoint]:
         return [TrialPoint(t.number, t.n_params, t.err_ucb, t.status) for t in self.trials(cell_id)]
 
     def frontier(self, cell_id: int) -> list[FrontierRow]:
-        with self._session() as s:
-            return list(s.scalars(select(FrontierRow).where(FrontierRow.cell_id == cell_id)
-                                  .order_by(FrontierRow.eps.desc())))
+        return self._run(lambda s: list(s.scalars(
+            select(FrontierRow).where(FrontierRow.cell_id == cell_id)
+            .order_by(FrontierRow.eps.desc()))))
 
     def nightly_runs(self, sweep_id: int | None = None) -> list[NightlyRow]:
-        with self._session() as s:
-            q = select(NightlyRow).order_by(NightlyRow.id)
-            if sweep_id is not None:
-                q = q.where(NightlyRow.sweep_id == sweep_id)
-            return list(s.scalars(q))
+        q = select(NightlyRow).order_by(NightlyRow.id)
+        if sweep_id is not None:
+            q = q.where(NightlyRow.sweep_id == sweep_id)
+        return self._run(lambda s: list(s.scalars(q)))
 
 
 def _json_safe(value):

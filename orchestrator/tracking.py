@@ -11,9 +11,11 @@ logging it twice.
 from __future__ import annotations
 
 import math
+import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -44,7 +46,19 @@ class Tracker:
         self._parents: dict[str, str] = {}
 
     def check(self) -> None:
-        """Fail fast, naming the (masked) URI, when the tracking store is unreachable."""
+        """Fail fast, naming the (masked) URI, when the tracking store is unreachable.
+
+        A server URI is TCP-probed first: MLflow's own client would retry for
+        minutes before giving up.
+        """
+        parsed = urlparse(self.uri)
+        if parsed.scheme in ("http", "https"):
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            try:
+                with socket.create_connection((parsed.hostname, port), timeout=3):
+                    pass
+            except OSError:
+                raise UserError(mask_url(self.uri), "cannot reach the MLflow tracking server") from None
         try:
             self.experiment_id()
         except Exception as exc:

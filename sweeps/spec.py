@@ -71,7 +71,7 @@ class Cells(Strict):
     s_first: PosInt = 2
     s_last: PosInt = 8
     inputs: str = "uniform"
-    target_seed: int = 0
+    target_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
     @field_validator("models")
     @classmethod
@@ -181,7 +181,7 @@ class Resources(Strict):
 
 class SweepSpec(Strict):
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     cells: Cells
     eps: list[PosFloat] = Field(min_length=1)
     budget: Budget = Budget()

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 
 import optuna
 import pytest
@@ -20,7 +16,7 @@ from orchestrator.store import ResultsStore
 from orchestrator.tracking import Tracker
 from sweeps.frontier import frontier
 from sweeps.spec import load_spec
-from tests.conftest import TINY, free_port, tiny_spec
+from tests.conftest import TINY, tiny_spec
 
 
 def check_sweep(spec, settings, trials_per_cell: int) -> dict[str, int]:
@@ -73,34 +69,6 @@ def test_changed_spec_under_same_name_is_refused(tmp_path, ray_local):
     run_sweep(load_spec(tiny_spec(tmp_path, trials=1)), resolve_settings(workdir=work))
     res = CliRunner().invoke(app, ["run", str(tiny_spec(tmp_path, trials=2, seed=9)), "--workdir", work])
     assert res.exit_code == 2 and "different spec" in res.stderr
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow-server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            pytest.fail("mlflow server exited during start-up")
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.mark.postgres

@@ -1,8 +1,9 @@
 """Ray remote wrappers: plain dicts in, plain dicts out, no connections held.
 
-The fault-injection switch ``VARBENCH_FAULT_KILL`` ("<study>#<number>") kills
-the worker process on that trial's first attempt (tests of worker death);
-it is off unless set.
+Fault injection, off unless set: ``VARBENCH_FAULT_KILL`` = "<study>#<number>"
+kills the worker process on that trial's first attempt, remembered by a
+marker file in ``VARBENCH_FAULT_DIR``. The driver forwards both variables to
+the tasks' environment (tests of worker death).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from models.targets import make_target
 from workers.config import TrialConfig
 from workers.trial import run_trial
 
-FAULT_ENV = "VARBENCH_FAULT_KILL"
+FAULT_KILL, FAULT_DIR = "VARBENCH_FAULT_KILL", "VARBENCH_FAULT_DIR"
+FAULT_VARS = (FAULT_KILL, FAULT_DIR)
 
 
-def _maybe_die(key: str, attempt_marker_dir: str | None) -> None:
-    if os.environ.get(FAULT_ENV) != key or not attempt_marker_dir:
+def _maybe_die(key: str) -> None:
+    marker_dir = os.environ.get(FAULT_DIR)
+    if os.environ.get(FAULT_KILL) != key or not marker_dir:
         return
-    marker = os.path.join(attempt_marker_dir, key.replace("/", "_").replace("#", "_") + ".killed")
+    safe = "".join(ch if ch.isalnum() else "_" for ch in key)
+    marker = os.path.join(marker_dir, f"{safe}.killed")
     if not os.path.exists(marker):
         with open(marker, "w") as fh:
             fh.write("killed once\n")
@@ -31,10 +35,10 @@ def _maybe_die(key: str, attempt_marker_dir: str | None) -> None:
 
 
 @ray.remote
-def trial_task(cfg: dict, threads: int = 1, key: str = "", marker_dir: str | None = None) -> dict:
+def trial_task(cfg: dict, threads: int = 1, key: str = "") -> dict:
     """Run one trial in a Ray worker and return its result as a dict."""
     torch.set_num_threads(max(1, threads))
-    _maybe_die(key, marker_dir)
+    _maybe_die(key)
     return run_trial(TrialConfig.from_dict(cfg)).to_dict()
 
 
