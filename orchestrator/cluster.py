@@ -38,12 +38,25 @@ def check_address(address: str, field: str = "--address") -> None:
         raise UserError(field, f"cannot reach Ray at {host}:{port}")
 
 
+def _loopback_only() -> None:
+    """Keep an embedded cluster on 127.0.0.1: it serves nobody else.
+
+    Ray resolves a loopback node address to the machine's routable one unless
+    multi-node clustering is off (its default on macOS and Windows); turning
+    it off for the embedded cluster keeps every Ray server on loopback.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for processes Ray starts
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start or join Ray once per process."""
     if ray.is_initialized():
         return
     if address in (None, "", "local"):
-        # loopback only: an embedded cluster serves nobody else
+        _loopback_only()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  log_to_driver=False, configure_logging=True, logging_level="ERROR",
                  _node_ip_address="127.0.0.1")

@@ -38,9 +38,9 @@ def tiny_spec(tmp_path: Path, **overrides) -> Path:
 def ray_local():
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
+    from orchestrator.cluster import connect
+
+    connect(None, num_cpus=2)  # the project's own embedded-cluster path
     yield ray
     ray.shutdown()
 
