@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.errors import UserError
+from orchestrator.errors import RunFailed, UserError
 
 app = typer.Typer(
     name="varbench",
@@ -277,7 +277,7 @@ def submit(
         if tracking:
             env["VARBENCH_TRACKING_URI"] = tracking
         sub = jobs.submit(sweep, Path(spec), address, Path(working_dir), env)
-    except UserError as exc:
+    except (UserError, RunFailed) as exc:
         fail(exc)
     verb = "attached to existing job" if sub.attached else "submitted"
     console.print(f"{verb} {sub.submission_id} ({sub.status})"

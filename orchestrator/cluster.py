@@ -45,7 +45,6 @@ def _loopback_only() -> None:
     multi-node clustering is off (its default on macOS and Windows); turning
     it off for the embedded cluster keeps every Ray server on loopback.
     """
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for processes Ray starts
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.errors import RunFailed
 from sweeps.spec import SweepSpec
 from workers.errors import UserError
 
@@ -80,6 +81,7 @@ def submit(
     address: str,
     working_dir: Path,
     env: dict[str, str] | None = None,
+    agent_wait_s: float = 90.0,
 ) -> Submission:
     spec_path = spec_path.resolve()
     working_dir = working_dir.resolve()
@@ -92,13 +94,22 @@ def submit(
     existing = job_status(c, sid)
     if existing is not None:
         return Submission(sid, existing, attached=True)
-    c.submit_job(
-        entrypoint=f"python -m orchestrator.cli run {rel.as_posix()} --address auto",
-        submission_id=sid,
-        runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES,
-                     "env_vars": dict(env or {})},
-        metadata={"varbench.sweep": spec.name, "varbench.spec_hash": spec.spec_hash()},
-    )
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            c.submit_job(
+                entrypoint=f"python -m orchestrator.cli run {rel.as_posix()} --address auto",
+                submission_id=sid,
+                runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES,
+                             "env_vars": dict(env or {})},
+                metadata={"varbench.sweep": spec.name, "varbench.spec_hash": spec.spec_hash()},
+            )
+            break
+        except RuntimeError as exc:
+            # a head node that just started has a dashboard before its job agent
+            if "try again later" not in str(exc) or time.monotonic() > deadline:
+                raise RunFailed(f"the Ray Jobs API refused the submission: {exc}") from None
+            time.sleep(2)
     return Submission(sid, job_status(c, sid) or "PENDING", attached=False)
 
 

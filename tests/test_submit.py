@@ -28,7 +28,13 @@ def token_cluster(tmp_path_factory):
     proc = subprocess.Popen(
         [f"{VENV_BIN}/ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
          "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--num-cpus", "2", "--include-dashboard", "true", "--disable-usage-stats"],
+         "--num-cpus", "2", "--include-dashboard", "true", "--disable-usage-stats",
+         # every fixed default port explicit: an embedded cluster in this process
+         # (other tests) already holds the defaults, e.g. the agent's 52365
+         *[arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                            "--runtime-env-agent-port", "--metrics-export-port",
+                            "--ray-client-server-port", "--node-manager-port",
+                            "--object-manager-port") for arg in (flag, str(free_port()))]],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{dash}"
