@@ -81,6 +81,7 @@ def trial(
     p: Annotated[str, typer.Option(help="Error norm p: 1, 2 or inf.")] = "2",
     n_eval: Annotated[int, typer.Option(help="Fresh inputs for the final error estimate.")] = 4096,
     seed: Annotated[int, typer.Option(help="Trial seed (init, data).")] = 0,
+    replicas: Annotated[int, typer.Option(help="Seeds trained together; reports the best and the spread.")] = 1,
     backend: Annotated[str, typer.Option(help="Attention backend: auto, reference, sdpa, flex.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -95,7 +96,7 @@ def trial(
             interp=interp, heads=heads, depth=depth, ffn_ratio=ffn_ratio,
             layernorm=layernorm, flow_steps=flow_steps, flow_solver=flow_solver,
             steps=steps, batch_size=batch_size, lr=lr, eps=_parse_eps(eps), p=p,
-            n_eval=n_eval, seed=seed, backend=backend, device=device,
+            n_eval=n_eval, seed=seed, replicas=replicas, backend=backend, device=device,
         )
     except UserError as exc:
         fail(exc)
@@ -128,6 +129,8 @@ def _print_trial(r) -> None:
         ("FLOPs/sample (fwd)", f"{r.flops:,}"),
         ("width d / scales K", f"{cfg['width']} / {cfg['scales']}"),
         ("steps run", f"{r.steps_run} of {cfg['steps']}"),
+        *([("replicas err_ucb", ", ".join(_fmt(e) for e in r.replica_err_ucb))]
+          if r.replica_err_ucb else []),
         ("time", f"{r.seconds:.2f} s ({1000 * r.sec_per_step:.2f} ms/step, {r.device})"),
     ]
     for k, v in rows:

@@ -83,6 +83,7 @@ def trial_config(
         p=float(b.p),
         eps=tuple(spec.eps),
         seed=seed,
+        replicas=b.replicas,
     )
 
 

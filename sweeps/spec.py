@@ -115,6 +115,7 @@ class Budget(Strict):
     grad_clip: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
     eval_every: PosInt = 100
     n_eval: Annotated[int, Field(ge=2, le=10_000_000)] = 4096
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1  # seeds per trial, trained together
     p: float | Literal["inf"] = 2.0
 
     @field_validator("p")

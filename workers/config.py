@@ -47,6 +47,7 @@ class TrialConfig:
     p: float = 2.0
     eps: tuple[float, ...] = DEFAULT_EPS
     seed: int = 0
+    replicas: int = 1  # seeds trained together; the trial reports the best and the spread
     backend: str = "auto"
     device: str = "auto"
 
@@ -106,10 +107,17 @@ class TrialResult:
     final_loss: float | None = None
     reached: dict[str, bool] = field(default_factory=dict)
     device: str = "cpu"
+    replica_err_ucb: list[float | None] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def spread(self) -> float | None:
+        """Range of err_ucb over the replicas (None with fewer than 2 finished)."""
+        errs = [e for e in self.replica_err_ucb if e is not None]
+        return max(errs) - min(errs) if len(errs) > 1 else None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialResult:

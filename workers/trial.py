@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import torch
 
@@ -60,8 +61,31 @@ def evaluate(model, target, cfg: TrialConfig, n: int, gen: torch.Generator, devi
     return estimate_from_samples(torch.cat(powers), math.sqrt(sq / count), cfg.p)
 
 
+def replica_configs(cfg: TrialConfig) -> list[TrialConfig]:
+    """The trial's replicas: seeds seed, seed + 1, ... (each alone a 1-replica trial)."""
+    return [replace(cfg, seed=cfg.seed + k, replicas=1) for k in range(cfg.replicas)]
+
+
 def run_trial(cfg: TrialConfig) -> TrialResult:
-    """Train and evaluate one model; never raises for numerical failure."""
+    """Train and evaluate one trial; never raises for numerical failure.
+
+    With ``replicas`` > 1 the seeds train together (workers.population) and
+    the result is the best replica's, with every replica's err_ucb beside it.
+    """
+    if cfg.replicas > 1:
+        from workers.population import run_population
+
+        results = run_population(replica_configs(cfg))
+        done = [r for r in results if r.status == "completed"]
+        best = min(done, key=lambda r: r.err_ucb) if done else results[0]
+        best.replica_err_ucb = [r.err_ucb for r in results]
+        best.seconds = sum(r.seconds for r in results)
+        best.config = cfg.to_dict()
+        return best
+    return _train_one(cfg)
+
+
+def _train_one(cfg: TrialConfig) -> TrialResult:
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)

@@ -41,7 +41,7 @@ def build_trial_config(**settings) -> TrialConfig:
     if not (isinstance(lip, (int, float)) and math.isfinite(lip) and lip > 0):
         raise UserError("lipschitz", f"must be a positive finite number, got {lip!r}")
     for f in ("channels", "s_first", "s_last", "width", "scales", "heads", "depth",
-              "ffn_ratio", "flow_steps", "steps", "batch_size", "n_eval"):
+              "ffn_ratio", "flow_steps", "steps", "batch_size", "n_eval", "replicas"):
         _positive_int(f, s[f], 2 if f == "n_eval" else 1)
     if s["s_last"] < s["s_first"]:
         raise UserError("s_last", f"must be >= s_first ({s['s_first']}), got {s['s_last']}")

@@ -1,0 +1,224 @@
+"""Population training: R models of one shape trained at once.
+
+Parameters are stacked on a leading dimension (``models.population``): linear
+layers run as batched matmuls and attention folds the replicas into its batch,
+so per-step framework overhead (autograd bookkeeping, the optimizer, clipping,
+data generation) is paid once for R models. Each replica keeps its own seed (initialisation and
+data stream), learning rate, gradient clipping, Adam state, early stop and
+failure, so it ends exactly where training it alone would (up to float
+rounding; see tests/test_population.py).
+
+Only small VAR models are batched this way (``batched``); FlowAR (its loss
+draws random flow times inside the model) and larger models run their
+replicas one after another, which is never slower than the plain loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from models.families import build_model
+from models.inputs import sample_inputs
+from models.metrics import error_estimate, estimate_from_samples, per_sample_power
+from models.population import PopulationVAR
+from models.targets import make_target
+from workers.config import TrialConfig, TrialResult
+from workers.trial import EVAL_CHUNK, MONITOR_SIZE, _gen, _train_one, lr_factor, resolve_device
+
+SHAPE_FIELDS = ("model", "target", "lipschitz", "channels", "s_first", "s_last", "inputs",
+                "target_seed", "width", "scales", "interp", "heads", "depth", "ffn_ratio",
+                "layernorm", "pos", "steps", "batch_size", "warmup", "weight_decay", "grad_clip",
+                "eval_every", "n_eval", "p", "eps", "backend", "device")
+
+
+def shape_key(cfg: TrialConfig) -> tuple:
+    """Configs with equal keys can share one population (they differ in seed and lr only)."""
+    return tuple(getattr(cfg, f) for f in SHAPE_FIELDS)
+
+
+# Batch replicas only while a model is small enough that per-step overhead
+# dominates: measured on the 2-core CI machine (benchmarks/run.py), R = 8
+# batched replicas ran 1.6x the plain loop at width 8 but 0.7x at width 32,
+# where the GEMMs are large enough to run well alone and batching adds copies.
+BATCH_MAX_ACTIVATIONS = 16 * 64 * 84  # width x batch x tokens of a width-16 default trial
+
+
+def batched(cfg: TrialConfig) -> bool:
+    """Whether replicas of this config train faster stacked than one by one."""
+    n_tokens = cfg.var_config().n_tokens
+    return cfg.model == "var" and cfg.width * cfg.batch_size * n_tokens <= BATCH_MAX_ACTIVATIONS
+
+
+class StackedAdamW:
+    """AdamW over stacked parameters with a learning rate per replica.
+
+    Written out so that a replica can be frozen (early stop, failure) without
+    touching its moments, and so that the update matches torch.optim.AdamW.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], lrs: torch.Tensor, weight_decay: float,
+                 betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lrs, self.wd, self.betas, self.eps = params, lrs, weight_decay, betas, eps
+        self.m = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.v = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.steps = torch.zeros_like(lrs)
+
+    @torch.no_grad()
+    def step(self, grads: dict[str, torch.Tensor], factor: float, active: torch.Tensor) -> None:
+        if bool(active.all()):
+            return self._step_all(grads, factor)
+        b1, b2 = self.betas
+        self.steps += active.to(self.steps.dtype)
+        bc1 = 1 - b1 ** self.steps.clamp_min(1)
+        bc2 = 1 - b2 ** self.steps.clamp_min(1)
+        lr = self.lrs * factor
+        for k, p in self.params.items():
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            act = active.view(shape)
+            g = torch.where(act, grads[k], torch.zeros_like(grads[k]))
+            m_new = self.m[k] * b1 + (1 - b1) * g
+            v_new = self.v[k] * b2 + (1 - b2) * g * g
+            self.m[k] = torch.where(act, m_new, self.m[k])
+            self.v[k] = torch.where(act, v_new, self.v[k])
+            decayed = p * (1 - (lr * self.wd).view(shape))
+            denom = (self.v[k].sqrt() / bc2.sqrt().view(shape)) + self.eps
+            updated = decayed - (lr / bc1).view(shape) * self.m[k] / denom
+            p.copy_(torch.where(act, updated, p))
+
+    @torch.no_grad()
+    def _step_all(self, grads: dict[str, torch.Tensor], factor: float) -> None:
+        """Every replica active (the common case): in-place updates, no masking."""
+        b1, b2 = self.betas
+        self.steps += 1
+        bc1 = 1 - b1 ** self.steps
+        bc2_sqrt = (1 - b2 ** self.steps).sqrt()
+        lr = self.lrs * factor
+        step_size = lr / bc1
+        for k, p in self.params.items():
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            g, m, v = grads[k], self.m[k], self.v[k]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            if self.wd:
+                p.mul_((1 - lr * self.wd).view(shape))
+            denom = (v.sqrt() / bc2_sqrt.view(shape)).add_(self.eps)
+            p.sub_(m / denom * step_size.view(shape))
+
+
+def _clip(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
+    """Per-replica global-norm clipping, as clip_grad_norm_ does for one model."""
+    sq = sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values())
+    coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads.values():
+        g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)))
+    return grads
+
+
+def run_population(cfgs: list[TrialConfig]) -> list[TrialResult]:
+    """Train replicas that share a shape together; one TrialResult per config, in order."""
+    if len({shape_key(c) for c in cfgs}) != 1:
+        raise ValueError("a population needs configs that differ only in seed and lr")
+    base_cfg = cfgs[0]
+    if not batched(base_cfg) or len(cfgs) == 1:
+        return [_train_one(c) for c in cfgs]
+    device = resolve_device(base_cfg.device)
+    t0 = time.perf_counter()
+    vcfg = base_cfg.var_config()
+    models = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)  # the same initialisation as the trial alone
+        models.append(build_model(c.model, vcfg).to(device))
+    n_params = models[0].num_params()
+    flops = models[0].flops_per_sample()
+    pop = PopulationVAR(models).to(device)
+    del models
+    params = dict(pop.named_parameters())
+    target = make_target(base_cfg.target, base_cfg.lipschitz, base_cfg.channels,
+                         base_cfg.s_first, base_cfg.s_last, base_cfg.target_seed).to(device)
+    r = len(cfgs)
+    opt = StackedAdamW(params, torch.tensor([c.lr for c in cfgs], device=device),
+                       base_cfg.weight_decay)
+    gens = [_gen(c.seed, "train") for c in cfgs]
+    x_mon = torch.stack([sample_inputs(c.inputs, MONITOR_SIZE, c.channels, c.s_first,
+                                       _gen(c.seed, "monitor")) for c in cfgs]).to(device)
+    y_mon = target(x_mon.flatten(0, 1)).unflatten(0, (r, MONITOR_SIZE))
+    active = torch.ones(r, dtype=torch.bool, device=device)
+    steps_run = [0] * r
+    status = ["completed"] * r
+    reason = [""] * r
+    last_loss = [math.nan] * r
+    eps_min = min(base_cfg.eps)
+    c0 = base_cfg
+    t_train = time.perf_counter()
+    for step in range(1, c0.steps + 1):
+        x = torch.stack([sample_inputs(c0.inputs, c0.batch_size, c0.channels, c0.s_first, g)
+                         for g in gens]).to(device)
+        y = target(x.flatten(0, 1)).unflatten(0, (r, c0.batch_size))
+        per_replica = (pop(x) - y).pow(2).flatten(1).mean(1)  # each replica's MSE
+        losses = per_replica.tolist()
+        for i in range(r):
+            if not active[i]:
+                continue
+            steps_run[i] = step
+            last_loss[i] = losses[i]
+            if not math.isfinite(losses[i]):
+                status[i], reason[i] = "failed", f"non-finite loss ({losses[i]}) at step {step}"
+                active[i] = False
+        if not bool(active.any()):
+            break
+        # replicas share no parameter: d(sum of losses)/dθ_i = d(loss_i)/dθ_i
+        total = torch.where(active, per_replica, torch.zeros_like(per_replica)).sum()
+        grads = dict(zip(params, torch.autograd.grad(total, list(params.values()))))
+        if c0.grad_clip > 0:
+            grads = _clip(grads, c0.grad_clip)
+        opt.step(grads, lr_factor(step - 1, c0.warmup, c0.steps), active)
+        if step % c0.eval_every == 0:
+            with torch.no_grad():
+                pred = pop(x_mon)
+            for i in range(r):
+                if active[i] and error_estimate(pred[i], y_mon[i], c0.p).err_ucb <= eps_min:
+                    active[i] = False  # early stop, exactly as alone
+            if not bool(active.any()):
+                break
+    train_seconds = time.perf_counter() - t_train
+    results = []
+    for i, c in enumerate(cfgs):
+        res = TrialResult(status=status[i], reason=reason[i], n_params=n_params, flops=flops,
+                          width=c.width, device=str(device), config=c.to_dict(),
+                          steps_run=steps_run[i],
+                          final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
+        res.sec_per_step = train_seconds / max(sum(steps_run), 1)
+        if status[i] == "completed":
+            est = _evaluate(lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)
+            if math.isfinite(est.err_ucb):
+                res.err, res.err_ucb, res.rel_err = est.err, est.err_ucb, est.rel_err
+                res.reached = {repr(float(e)): est.err_ucb <= e for e in c.eps}
+            else:
+                res.status, res.reason = "failed", "non-finite evaluation error"
+        res.seconds = (time.perf_counter() - t0) / r
+        results.append(res)
+    return results
+
+
+def _replica_forward(pop: PopulationVAR, x: torch.Tensor, i: int, r: int) -> torch.Tensor:
+    """Replica i's outputs: the population forward on x in slot i (others see zeros)."""
+    xs = torch.zeros((r, *x.shape), dtype=x.dtype, device=x.device)
+    xs[i] = x
+    return pop(xs)[i]
+
+
+@torch.no_grad()
+def _evaluate(model_fn, target, cfg: TrialConfig, device):
+    gen = _gen(cfg.seed, "eval")
+    powers, sq, count = [], 0.0, 0
+    for start in range(0, cfg.n_eval, EVAL_CHUNK):
+        m = min(EVAL_CHUNK, cfg.n_eval - start)
+        x = sample_inputs(cfg.inputs, m, cfg.channels, cfg.s_first, gen).to(device)
+        y = target(x)
+        powers.append(per_sample_power(model_fn(x), y, cfg.p).cpu())
+        sq += float(y.double().pow(2).sum())
+        count += y.numel()
+    return estimate_from_samples(torch.cat(powers), math.sqrt(sq / count), cfg.p)
