@@ -71,6 +71,8 @@ def _flex(q, k, v, mask, scale_ids):
             "attention backend 'flex' has no backward on CPU in this PyTorch; "
             "use 'sdpa' or 'reference' for CPU training"
         )
+    if not torch.is_grad_enabled():  # flex refuses CPU tensors that merely require grad
+        q, k, v = q.detach(), k.detach(), v.detach()
     fn = _compiled_flex() if q.device.type == "cuda" else flex_attention
     return fn(q, k, v, block_mask=flex_block_mask(scale_ids))
 

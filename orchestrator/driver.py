@@ -3,8 +3,9 @@
 One driver per sweep (local, or inside a Ray job). It asks Optuna for trials,
 runs them as Ray tasks with resource requests and retries, collects results as
 they finish and, for each, in this order: records it in the results store
-(once: unique per cell and trial number), logs its MLflow child run, tells
-Optuna, and refreshes the cell's frontier. Workers only compute.
+(once: unique per cell and trial number), tells Optuna, hands the freed
+worker its next trial, then logs the MLflow child run and refreshes the
+cell's frontier. Workers only compute.
 
 Resume: running the same sweep again continues it. Optuna trials left RUNNING
 by a dead driver are completed from the store when their result was recorded,
@@ -204,23 +205,29 @@ class Driver:
         self._emit()
         try:
             while True:
-                while len(self._inflight) < slots and time.perf_counter() < deadline:
-                    cell = self._next_cell()
-                    if cell is None:
-                        break
-                    self._submit(cell)
+                self._fill(slots, deadline)
                 if not self._inflight:
                     break
-                ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
+                ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight),
+                                    timeout=0.2)
+                if not ready:
+                    ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
+                done = []
                 for ref in ready:
                     cell, trial, cfg = self._inflight[ref]
                     result = self._collect(ref, cfg)
-                    recorded += self._handle(cell, trial.number, result)
+                    new = self._record(cell, trial.number, result)
                     del self._inflight[ref]  # only now: a Ctrl-C above leaves it to settle
                     cell.in_flight -= 1
                     ran += 1
+                    recorded += int(new)
                     compute += float(result.get("seconds") or 0.0)
-                    self._emit()
+                    done.append((cell, trial.number, result, new))
+                # keep the workers busy before the slower bookkeeping (MLflow, frontier)
+                self._fill(slots, deadline)
+                for cell, number, result, new in done:
+                    self._publish(cell, number, result, new)
+                self._emit()
         except KeyboardInterrupt:
             interrupted = True
             self._cancel_inflight()
@@ -289,16 +296,31 @@ class Driver:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
             return {"status": "failed", "reason": reason, "config": cfg}
 
-    def _handle(self, cell: Cell, number: int, result: dict) -> int:
-        """Record, log, tell, refresh: the order that makes a crash at any point safe."""
+    def _fill(self, slots: int, deadline: float) -> None:
+        while len(self._inflight) < slots and time.perf_counter() < deadline:
+            cell = self._next_cell()
+            if cell is None:
+                return
+            self._submit(cell)
+
+    def _record(self, cell: Cell, number: int, result: dict) -> bool:
+        """Store row first, then Optuna: the sampler sees the result before the next ask.
+
+        A crash after this and before ``_publish`` is settled on resume (rows
+        without an MLflow run get one, the frontier is recomputed).
+        """
         new = self.store.record_trial(cell.cell_id, number, result)
+        if new:
+            cell.done += 1
+        self._tell(cell, number, result["status"], result.get("n_params"), result.get("err_ucb"))
+        return new
+
+    def _publish(self, cell: Cell, number: int, result: dict, new: bool) -> None:
+        """MLflow child run and frontier refresh, after the freed slot has work again."""
         if new:
             run_id = self._log_mlflow(cell, number, result)
             self.store.set_trial_run_id(cell.cell_id, number, run_id)
-            cell.done += 1
-        self._tell(cell, number, result["status"], result.get("n_params"), result.get("err_ucb"))
         self._refresh_frontier(cell)
-        return int(new)
 
     def _tell(self, cell: Cell, number: int, status: str, n_params, err_ucb) -> None:
         if status == "completed" and err_ucb is not None and math.isfinite(err_ucb):

@@ -1,0 +1,152 @@
+"""`make bench`: measured ratios, all taken in one run on this machine.
+
+1. model-steps/s of population training (R = 8) vs a plain one-model-at-a-time
+   loop doing the same work, widths 8, 32, 128;
+2. training FLOP rate at width 256 as a fraction of this machine's fp32
+   matmul rate, measured in the same run;
+3. attention backends on CPU (forward + backward; flex forward only, PyTorch
+   has no flex backward on CPU);
+4. sweeps/quick.yaml wall time vs the sum of its trials' compute time / cores.
+
+    .venv/bin/python -m benchmarks.run [--skip-sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from models.attention import attention
+from models.var import var_flops
+from workers.config import TrialConfig
+from workers.population import BATCH_MAX_ACTIVATIONS, batched, run_population
+from workers.trial import run_trial
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = os.cpu_count() or 1
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {THREADS} cores, torch {torch.__version__}"
+
+
+def population_vs_plain(r: int = 8) -> list[str]:
+    import workers.population as pop_mod
+
+    rows = ["| width | plain loop (model-steps/s) | population R=8 as run | stacked (forced) | ratio as run | ratio stacked |",
+            "|---|---|---|---|---|---|"]
+    for w in (8, 32, 128):
+        steps = 40 if w < 128 else 10
+        cfgs = [TrialConfig(target="mlp", lipschitz=2.0, width=w, steps=steps, eval_every=10**6,
+                            n_eval=64, seed=s, eps=(1e-9,)) for s in range(r)]
+        run_trial(cfgs[0])  # warm-up
+        plain = sum(run_trial(c).sec_per_step for c in cfgs[:3]) / 3
+        as_run = run_population(cfgs)[0].sec_per_step
+        saved = pop_mod.BATCH_MAX_ACTIVATIONS
+        pop_mod.BATCH_MAX_ACTIVATIONS = 1 << 62
+        try:
+            run_population(cfgs[:2])
+            stacked = run_population(cfgs)[0].sec_per_step
+        finally:
+            pop_mod.BATCH_MAX_ACTIVATIONS = saved
+        rows.append(f"| {w} | {1 / plain:.1f} | {1 / as_run:.1f}{' (stacked)' if batched(cfgs[0]) else ' (one by one)'} "
+                    f"| {1 / stacked:.1f} | {plain / as_run:.2f} | {plain / stacked:.2f} |")
+    return rows
+
+
+def matmul_rate(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def flop_fraction() -> list[str]:
+    cfg = TrialConfig(target="mlp", lipschitz=2.0, width=256, steps=12, eval_every=10**6,
+                      n_eval=64, eps=(1e-9,))
+    run_trial(TrialConfig(**{**cfg.to_dict(), "steps": 2, "eps": (1e-9,)}))
+    res = run_trial(cfg)
+    train_flops = 3 * var_flops(cfg.var_config()) * cfg.batch_size  # fwd + bwd ≈ 3x fwd
+    rate = train_flops / res.sec_per_step
+    peak = matmul_rate()
+    return [f"width 256 training: {rate / 1e9:.1f} GFLOP/s; fp32 matmul (2048²): {peak / 1e9:.1f} GFLOP/s; "
+            f"fraction {rate / peak:.2f}"]
+
+
+def attention_backends() -> list[str]:
+    rows = ["| tokens (sides) | width | reference fwd+bwd ms | sdpa fwd+bwd ms | flex fwd ms (CPU, eager) |",
+            "|---|---|---|---|---|"]
+    for sides in ([2, 4, 8], [2, 4, 8, 16]):
+        ids = torch.cat([torch.full((s * s,), i) for i, s in enumerate(sides)])
+        t = ids.numel()
+        for d in (64, 256):
+            q, k, v = (torch.randn(16, 1, t, d, requires_grad=True) for _ in range(3))
+            times = {}
+            for be in ("reference", "sdpa"):
+                attention(q, k, v, ids, be).sum().backward()
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    attention(q, k, v, ids, be).sum().backward()
+                times[be] = (time.perf_counter() - t0) / 5 * 1000
+            with torch.no_grad():
+                attention(q, k, v, ids, "flex")
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    attention(q, k, v, ids, "flex")
+                times["flex"] = (time.perf_counter() - t0) / 5 * 1000
+            rows.append(f"| {t} ({'-'.join(map(str, sides))}) | {d} | {times['reference']:.2f} | "
+                        f"{times['sdpa']:.2f} | {times['flex']:.2f} |")
+    return rows
+
+
+def sweep_efficiency() -> list[str]:
+    from orchestrator.driver import run_sweep
+    from orchestrator.settings import resolve_settings
+    from sweeps.spec import load_spec
+
+    spec = load_spec(ROOT / "sweeps" / "quick.yaml")
+    with tempfile.TemporaryDirectory() as work:
+        t0 = time.perf_counter()
+        out = run_sweep(spec, resolve_settings(workdir=work))
+        total = time.perf_counter() - t0
+    ideal = out.compute_seconds / THREADS
+    return [f"quick.yaml: {out.trials_recorded} trials, total {total:.1f} s (Ray start included), "
+            f"sweep {out.seconds:.1f} s, trial compute {out.compute_seconds:.1f} s over {THREADS} cores "
+            f"-> efficiency {ideal / out.seconds:.2f} (sweep) / {ideal / total:.2f} (total)"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-sweep", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    print(f"machine: {machine()}")
+    print(f"\n1. population vs plain loop (batching threshold: width x batch x tokens <= {BATCH_MAX_ACTIVATIONS})")
+    print("\n".join(population_vs_plain()))
+    print("\n2. FLOP rate")
+    print("\n".join(flop_fraction()))
+    print("\n3. attention backends (batch 16, 1 head)")
+    print("\n".join(attention_backends()))
+    if not args.skip_sweep:
+        print("\n4. orchestration efficiency")
+        print("\n".join(sweep_efficiency()))
+
+
+if __name__ == "__main__":
+    main()
