@@ -231,15 +231,20 @@ class SweepSpec(Strict):
                 for L in self.cells.lipschitz]
 
 
+def printable(text: str) -> str:
+    """Escape control characters: a hostile key must not break the one-line rule."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+
+
 def _loc(err: dict) -> str:
-    return ".".join(str(p) for p in err["loc"]) or "spec"
+    return printable(".".join(str(p) for p in err["loc"])) or "spec"
 
 
 def spec_errors(exc: ValidationError) -> list[str]:
     """One line per problem, each starting with the field's dotted path."""
     lines = []
     for e in exc.errors():
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = printable(e["msg"].removeprefix("Value error, "))
         lines.append(f"{_loc(e)}: {msg}")
     return lines
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from sweeps.spec import SpecError, load_spec, parse_spec
+from sweeps.spec import SpecError, load_spec, parse_spec, printable
 from tests.conftest import TINY
 from workers.errors import UserError
 
@@ -90,7 +90,7 @@ def test_unknown_fields_are_named(extra):
         parse_spec(spec)
     except SpecError as exc:
         for k in unknown:
-            assert any(p.startswith(str(k)) for p in exc.problems), (k, exc.problems)
+            assert any(p.startswith(printable(str(k))) for p in exc.problems), (k, exc.problems)
     else:
         raise AssertionError("unknown fields accepted")
 
@@ -138,3 +138,15 @@ def test_non_utf8_and_deep_yaml(tmp_path):
     deep.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
     res = CliRunner().invoke(app, ["run", str(deep)])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_control_characters_in_keys_stay_on_one_line():
+    spec = copy.deepcopy(BASE)
+    spec["cells"] = {"\r\nx": 0}
+    try:
+        parse_spec(spec)
+    except SpecError as exc:
+        assert all("\n" not in p and "\r" not in p for p in exc.problems)
+        assert any("\\x0d\\x0ax" in p for p in exc.problems)
+    else:
+        raise AssertionError("accepted")
