@@ -223,7 +223,9 @@ class SweepSpec(Strict):
         return max(self.search.scales.low, 1), self.search.scales.high
 
     def spec_hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Hash of what the spec says (defaults left out, so a new optional field
+        in a later varbench does not orphan existing sweeps)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def cell_keys(self) -> list[tuple[ModelVariant, str, float]]:

@@ -69,3 +69,12 @@ def test_missing_file_and_bad_yaml_are_clean_errors(tmp_path):
     bad.write_text("name: [unclosed\n")
     res = runner.invoke(app, ["run", str(bad)])
     assert res.exit_code == 2 and "not valid YAML" in res.stderr
+
+
+def test_spec_hash_ignores_fields_left_at_their_defaults():
+    d = _base()
+    a = parse_spec(d).spec_hash()
+    d["budget"]["replicas"] = 1  # the default, written out
+    assert parse_spec(d).spec_hash() == a
+    d["budget"]["replicas"] = 2
+    assert parse_spec(d).spec_hash() != a
