@@ -127,28 +127,24 @@ class Budget(Strict):
         return value
 
 
-class IntRange(Strict):
+class _Range(Strict):
+    @model_validator(mode="after")
+    def _order(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+
+class IntRange(_Range):
     low: PosInt
     high: PosInt
     log: bool = False
 
-    @model_validator(mode="after")
-    def _order(self):
-        if self.high < self.low:
-            raise ValueError("high must be >= low")
-        return self
 
-
-class FloatRange(Strict):
+class FloatRange(_Range):
     low: PosFloat
     high: PosFloat
     log: bool = True
-
-    @model_validator(mode="after")
-    def _order(self):
-        if self.high < self.low:
-            raise ValueError("high must be >= low")
-        return self
 
 
 class SearchSpace(Strict):

@@ -22,11 +22,11 @@ import torch
 
 from models.families import build_model
 from models.inputs import sample_inputs
-from models.metrics import error_estimate, estimate_from_samples, per_sample_power
+from models.metrics import error_estimate
 from models.population import PopulationVAR
 from models.targets import make_target
 from workers.config import TrialConfig, TrialResult
-from workers.trial import EVAL_CHUNK, MONITOR_SIZE, _gen, _train_one, lr_factor, resolve_device
+from workers.trial import MONITOR_SIZE, _gen, _train_one, evaluate, lr_factor, resolve_device
 
 SHAPE_FIELDS = ("model", "target", "lipschitz", "channels", "s_first", "s_last", "inputs",
                 "target_seed", "width", "scales", "interp", "heads", "depth", "ffn_ratio",
@@ -192,7 +192,7 @@ def run_population(cfgs: list[TrialConfig]) -> list[TrialResult]:
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
         res.sec_per_step = train_seconds / max(sum(steps_run), 1)
         if status[i] == "completed":
-            est = _evaluate(lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)
+            est = evaluate(lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)
             if math.isfinite(est.err_ucb):
                 res.err, res.err_ucb, res.rel_err = est.err, est.err_ucb, est.rel_err
                 res.reached = {repr(float(e)): est.err_ucb <= e for e in c.eps}
@@ -208,17 +208,3 @@ def _replica_forward(pop: PopulationVAR, x: torch.Tensor, i: int, r: int) -> tor
     xs = torch.zeros((r, *x.shape), dtype=x.dtype, device=x.device)
     xs[i] = x
     return pop(xs)[i]
-
-
-@torch.no_grad()
-def _evaluate(model_fn, target, cfg: TrialConfig, device):
-    gen = _gen(cfg.seed, "eval")
-    powers, sq, count = [], 0.0, 0
-    for start in range(0, cfg.n_eval, EVAL_CHUNK):
-        m = min(EVAL_CHUNK, cfg.n_eval - start)
-        x = sample_inputs(cfg.inputs, m, cfg.channels, cfg.s_first, gen).to(device)
-        y = target(x)
-        powers.append(per_sample_power(model_fn(x), y, cfg.p).cpu())
-        sq += float(y.double().pow(2).sum())
-        count += y.numel()
-    return estimate_from_samples(torch.cat(powers), math.sqrt(sq / count), cfg.p)

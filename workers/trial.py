@@ -17,7 +17,7 @@ import torch
 
 from models.families import build_model
 from models.inputs import sample_inputs
-from models.metrics import error_estimate, estimate_from_samples, per_sample_power
+from models.metrics import ErrorEstimate, error_estimate, estimate_from_samples, per_sample_power
 from models.targets import make_target
 from workers.config import TrialConfig, TrialResult
 
@@ -46,18 +46,21 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, target, cfg: TrialConfig, n: int, gen: torch.Generator, device):
-    """err_p with UCB over ``n`` inputs from ``gen``, in chunks."""
-    model.eval()
+def evaluate(predict, target, cfg: TrialConfig, device) -> ErrorEstimate:
+    """err_p with its UCB on ``cfg.n_eval`` fresh inputs from the trial's eval stream.
+
+    ``predict`` maps a batch of inputs to outputs (a model in eval mode, or
+    one replica of a population), evaluated in chunks.
+    """
+    gen = _gen(cfg.seed, "eval")
     powers, sq, count = [], 0.0, 0
-    for start in range(0, n, EVAL_CHUNK):
-        m = min(EVAL_CHUNK, n - start)
+    for start in range(0, cfg.n_eval, EVAL_CHUNK):
+        m = min(EVAL_CHUNK, cfg.n_eval - start)
         x = sample_inputs(cfg.inputs, m, cfg.channels, cfg.s_first, gen).to(device)
         y = target(x)
-        powers.append(per_sample_power(model(x), y, cfg.p).cpu())
+        powers.append(per_sample_power(predict(x), y, cfg.p).cpu())
         sq += float(y.double().pow(2).sum())
         count += y.numel()
-    model.train()
     return estimate_from_samples(torch.cat(powers), math.sqrt(sq / count), cfg.p)
 
 
@@ -138,7 +141,8 @@ def _train_one(cfg: TrialConfig) -> TrialResult:
     result.sec_per_step = (time.perf_counter() - t_train) / max(step, 1)
     result.final_loss = loss_val if math.isfinite(loss_val) else None
     if result.status == "completed":
-        est = evaluate(model, target, cfg, cfg.n_eval, _gen(cfg.seed, "eval"), device)
+        model.eval()
+        est = evaluate(model, target, cfg, device)
         if not math.isfinite(est.err_ucb):
             result.status, result.reason = "failed", "non-finite evaluation error"
         else:
