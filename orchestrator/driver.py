@@ -37,11 +37,13 @@ from sweeps.frontier import FrontierPoint, frontier
 from sweeps.samplers import make_sampler
 from sweeps.space import search_space, trial_config, trial_seed
 from sweeps.spec import ModelVariant, SweepSpec
-from workers.remote import FAULT_VARS, reference_task, trial_task
+from workers.population import batched, shape_key
+from workers.remote import FAULT_VARS, population_task, reference_task, trial_task
 
 log = logging.getLogger("varbench.driver")
 T = TypeVar("T")
 DIRECTIONS = ["minimize", "minimize"]  # (N, err_ucb)
+PACK_MAX = 4  # trials of one small shape trained together in one worker call
 
 
 @dataclass
@@ -122,7 +124,9 @@ class Driver:
                                artifact_root=settings.artifact_root)
         self.commit = git_commit()
         self.cells: list[Cell] = []
-        self._inflight: dict[ray.ObjectRef, tuple[Cell, optuna.Trial, dict]] = {}
+        # a task carries one trial, or several of one shape trained together
+        self._inflight: dict[ray.ObjectRef, list[tuple[Cell, optuna.Trial, dict]]] = {}
+        self._pending: list[tuple[Cell, optuna.Trial, dict]] = []  # asked, not yet sent
 
     # --- set-up ----------------------------------------------------------------
 
@@ -214,15 +218,16 @@ class Driver:
                     ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
                 done = []
                 for ref in ready:
-                    cell, trial, cfg = self._inflight[ref]
-                    result = self._collect(ref, cfg)
-                    new = self._record(cell, trial.number, result)
+                    entries = self._inflight[ref]
+                    for (cell, trial, _), result in zip(entries, self._collect(ref, entries)):
+                        new = self._record(cell, trial.number, result)
+                        ran += 1
+                        recorded += int(new)
+                        compute += float(result.get("seconds") or 0.0)
+                        done.append((cell, trial.number, result, new))
                     del self._inflight[ref]  # only now: a Ctrl-C above leaves it to settle
-                    cell.in_flight -= 1
-                    ran += 1
-                    recorded += int(new)
-                    compute += float(result.get("seconds") or 0.0)
-                    done.append((cell, trial.number, result, new))
+                    for cell, _, _ in entries:
+                        cell.in_flight -= 1
                 # keep the workers busy before the slower bookkeeping (MLflow, frontier)
                 self._fill(slots, deadline)
                 for cell, number, result, new in done:
@@ -247,20 +252,21 @@ class Driver:
             return None
         return min(open_cells, key=lambda c: (c.done + c.in_flight, c.cell_id))
 
-    def _submit(self, cell: Cell) -> None:
-        trial = self._ask(cell)
-        cfg = trial_config(self.spec, cell.variant, cell.target, cell.lipschitz, trial.params,
-                           trial_seed(self.spec, cell.study_name, trial.number))
+    def _submit(self, entries: list[tuple[Cell, optuna.Trial, dict]]) -> None:
+        """One Ray task for one trial, or for several of one shape (a population)."""
         res = self.spec.resources
-        key = f"{cell.study_name}#{trial.number}"
+        keys = [f"{cell.study_name}#{trial.number}" for cell, trial, _ in entries]
         options: dict = {"num_cpus": res.cpus, "num_gpus": res.gpus,
                          "max_retries": res.max_retries, "retry_exceptions": False}
         fault = {k: os.environ[k] for k in FAULT_VARS if os.environ.get(k)}
         if fault:  # fault injection (tests): only then do tasks get a runtime env
             options["runtime_env"] = {"env_vars": fault}
-        ref = trial_task.options(**options).remote(cfg.to_dict(), max(1, int(res.cpus)), key)
-        self._inflight[ref] = (cell, trial, cfg.to_dict())
-        cell.in_flight += 1
+        threads = max(1, int(res.cpus))
+        if len(entries) == 1:
+            ref = trial_task.options(**options).remote(entries[0][2], threads, keys[0])
+        else:
+            ref = population_task.options(**options).remote([e[2] for e in entries], threads, keys)
+        self._inflight[ref] = entries
 
     def _ask(self, cell: Cell, attempts: int = 6) -> optuna.Trial:
         """study.ask, surviving a dropped connection.
@@ -280,7 +286,8 @@ class Driver:
         raise AssertionError("unreachable")
 
     def _fail_orphans(self, cell: Cell) -> None:
-        mine = {t.number for c, t, _ in self._inflight.values() if c is cell}
+        ours = [e for entries in self._inflight.values() for e in entries] + self._pending
+        mine = {t.number for c, t, _ in ours if c is cell}
         for t in cell.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number in mine:
                 continue
@@ -289,19 +296,61 @@ class Driver:
             if fixed:
                 cell.study.enqueue_trial(dict(fixed), user_attrs=dict(t.user_attrs))
 
-    def _collect(self, ref: ray.ObjectRef, cfg: dict) -> dict:
+    def _collect(self, ref: ray.ObjectRef, entries) -> list[dict]:
+        """The task's results, one per trial it carried (failed ones if the task died)."""
         try:
-            return ray.get(ref)
+            out = ray.get(ref)
+            return out if isinstance(out, list) else [out]
         except ray.exceptions.RayError as exc:  # worker died past its retries, or a bug
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-            return {"status": "failed", "reason": reason, "config": cfg}
+            text = str(exc).strip()
+            reason = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+            return [{"status": "failed", "reason": reason, "config": cfg} for _, _, cfg in entries]
 
     def _fill(self, slots: int, deadline: float) -> None:
+        """Ask one trial per free slot; trials of one small shape share a slot.
+
+        Packing only pays where stacked replicas train faster than one by one
+        (``workers.population.batched``); other trials get a task each.
+        """
         while len(self._inflight) < slots and time.perf_counter() < deadline:
-            cell = self._next_cell()
-            if cell is None:
+            free = slots - len(self._inflight)
+            while len(self._pending) < free:
+                cell = self._next_cell()
+                if cell is None:
+                    break
+                self._pending.append(self._ask_config(cell))
+            if not self._pending:
                 return
-            self._submit(cell)
+            groups: dict[tuple, list] = {}
+            for cell, trial, cfg in self._pending[:free]:
+                key = shape_key(cfg) if batched(cfg) else ("alone", cell.cell_id, trial.number)
+                groups.setdefault(key, []).append((cell, trial, cfg))
+            self._pending = self._pending[free:]
+            for key, entries in groups.items():
+                if key[0] != "alone":
+                    self._top_up(key, entries)
+                self._submit([(c, t, cfg.to_dict()) for c, t, cfg in entries])
+
+    def _ask_config(self, cell: Cell):
+        trial = self._ask(cell)
+        cfg = trial_config(self.spec, cell.variant, cell.target, cell.lipschitz, trial.params,
+                           trial_seed(self.spec, cell.study_name, trial.number))
+        cell.in_flight += 1
+        return cell, trial, cfg
+
+    def _top_up(self, key: tuple, entries: list) -> None:
+        """Ask the same study for more trials while they come out in this shape.
+
+        The first that does not is kept for the next free slot, so nothing asked
+        is lost; the sampler sees those trials as running meanwhile.
+        """
+        cell = entries[0][0]
+        while len(entries) < PACK_MAX and cell.done + cell.in_flight < self.spec.trials:
+            entry = self._ask_config(cell)
+            if shape_key(entry[2]) != key:
+                self._pending.append(entry)
+                return
+            entries.append(entry)
 
     def _record(self, cell: Cell, number: int, result: dict) -> bool:
         """Store row first, then Optuna: the sampler sees the result before the next ask.
@@ -381,6 +430,7 @@ class Driver:
             except Exception:  # noqa: BLE001 - best effort, the task may have finished
                 pass
         self._inflight.clear()
+        self._pending = []
         self._recover()
 
     def _emit(self) -> None:

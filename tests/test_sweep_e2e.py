@@ -81,3 +81,18 @@ def test_tiny_sweep_on_postgres_with_mlflow_server(tmp_path, ray_local, pg_url, 
     assert run_sweep(spec, settings).trials_recorded == 0
     assert check_sweep(spec, settings, 3) == before
     assert not (tmp_path / "work" / "varbench.db").exists()  # nothing went to SQLite
+
+
+def test_trials_of_one_small_shape_are_packed_into_one_worker_call(tmp_path, ray_local):
+    # a one-point search space: every trial has the same shape, so the driver packs
+    # the trials it asks together into population tasks
+    spec = load_spec(tiny_spec(tmp_path, name="packed", trials=4, search={
+        "width": {"low": 8, "high": 8}, "scales": {"low": 2, "high": 2}, "interp": ["bicubic"]}))
+    settings = resolve_settings(workdir=str(tmp_path / "work"))
+    out = run_sweep(spec, settings)
+    assert out.trials_recorded == 8
+    check_sweep(spec, settings, 4)
+    store = ResultsStore(settings.db_url)
+    rows = [t for c in store.cells(store.sweep("packed").id) for t in store.trials(c.id)]
+    assert any(t.result.get("population", 1) > 1 for t in rows)
+    assert len({t.config["seed"] for t in rows}) == 8  # packed, still distinct trials

@@ -108,6 +108,7 @@ class TrialResult:
     reached: dict[str, bool] = field(default_factory=dict)
     device: str = "cpu"
     replica_err_ucb: list[float | None] = field(default_factory=list)
+    population: int = 1  # how many models trained together in the step loop
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

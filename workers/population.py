@@ -187,7 +187,7 @@ def run_population(cfgs: list[TrialConfig]) -> list[TrialResult]:
     results = []
     for i, c in enumerate(cfgs):
         res = TrialResult(status=status[i], reason=reason[i], n_params=n_params, flops=flops,
-                          width=c.width, device=str(device), config=c.to_dict(),
+                          width=c.width, device=str(device), config=c.to_dict(), population=r,
                           steps_run=steps_run[i],
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
         res.sec_per_step = train_seconds / max(sum(steps_run), 1)

@@ -16,6 +16,7 @@ import torch
 from models.reference import reference_errors
 from models.targets import make_target
 from workers.config import TrialConfig
+from workers.population import run_population
 from workers.trial import run_trial
 
 FAULT_KILL, FAULT_DIR = "VARBENCH_FAULT_KILL", "VARBENCH_FAULT_DIR"
@@ -40,6 +41,16 @@ def trial_task(cfg: dict, threads: int = 1, key: str = "") -> dict:
     torch.set_num_threads(max(1, threads))
     _maybe_die(key)
     return run_trial(TrialConfig.from_dict(cfg)).to_dict()
+
+
+@ray.remote
+def population_task(cfgs: list[dict], threads: int = 1, keys: list[str] | None = None) -> list[dict]:
+    """Several trials of one shape trained together; one result dict per config."""
+    torch.set_num_threads(max(1, threads))
+    for key in keys or []:
+        _maybe_die(key)
+    results = run_population([TrialConfig.from_dict(c) for c in cfgs])
+    return [r.to_dict() for r in results]
 
 
 @ray.remote
