@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from sweeps.frontier import FrontierPoint, frontier
 from sweeps.samplers import make_sampler
 from sweeps.space import search_space, trial_config, trial_seed
 from sweeps.spec import ModelVariant, SweepSpec
+from workers.config import TrialConfig
 from workers.population import batched, shape_key
 from workers.remote import FAULT_VARS, population_task, reference_task, trial_task
 
@@ -127,6 +130,8 @@ class Driver:
         # a task carries one trial, or several of one shape trained together
         self._inflight: dict[ray.ObjectRef, list[tuple[Cell, optuna.Trial, dict]]] = {}
         self._pending: list[tuple[Cell, optuna.Trial, dict]] = []  # asked, not yet sent
+        self._outgoing: list[tuple[Cell, optuna.Trial, TrialConfig]] = []  # being sent
+        self._stop = False  # set by Ctrl-C
 
     # --- set-up ----------------------------------------------------------------
 
@@ -207,8 +212,11 @@ class Driver:
         ran, recorded, compute = 0, 0, 0.0
         interrupted = False
         self._emit()
+        restore = self._catch_sigint()
         try:
             while True:
+                if self._stop:
+                    raise KeyboardInterrupt
                 self._fill(slots, deadline)
                 if not self._inflight:
                     break
@@ -236,6 +244,8 @@ class Driver:
         except KeyboardInterrupt:
             interrupted = True
             self._cancel_inflight()
+        finally:
+            restore()
         status = "interrupted" if interrupted else "completed"
         self.store.set_sweep_status(self.sweep_id, status)
         if not interrupted:
@@ -245,6 +255,22 @@ class Driver:
             self.spec.name, ran, recorded, time.perf_counter() - t0, compute,
             {c.study_name: c.points for c in self.cells}, interrupted,
         )
+
+    def _catch_sigint(self) -> Callable[[], None]:
+        """Ctrl-C sets a flag the loop checks at least once a second, so it is never
+        swallowed inside a C extension (Ray, a database driver); a second Ctrl-C
+        interrupts at once. Only the main thread can own the handler."""
+        self._stop = False
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
 
     def _next_cell(self) -> Cell | None:
         open_cells = [c for c in self.cells if c.done + c.in_flight < self.spec.trials]
@@ -286,7 +312,8 @@ class Driver:
         raise AssertionError("unreachable")
 
     def _fail_orphans(self, cell: Cell) -> None:
-        ours = [e for entries in self._inflight.values() for e in entries] + self._pending
+        ours = [e for entries in self._inflight.values() for e in entries]
+        ours += self._pending + self._outgoing  # asked, not sent yet: not orphans
         mine = {t.number for c, t, _ in ours if c is cell}
         for t in cell.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number in mine:
@@ -321,15 +348,16 @@ class Driver:
                 self._pending.append(self._ask_config(cell))
             if not self._pending:
                 return
+            self._outgoing, self._pending = self._pending[:free], self._pending[free:]
             groups: dict[tuple, list] = {}
-            for cell, trial, cfg in self._pending[:free]:
+            for cell, trial, cfg in self._outgoing:
                 key = shape_key(cfg) if batched(cfg) else ("alone", cell.cell_id, trial.number)
                 groups.setdefault(key, []).append((cell, trial, cfg))
-            self._pending = self._pending[free:]
             for key, entries in groups.items():
                 if key[0] != "alone":
                     self._top_up(key, entries)
                 self._submit([(c, t, cfg.to_dict()) for c, t, cfg in entries])
+            self._outgoing = []
 
     def _ask_config(self, cell: Cell):
         trial = self._ask(cell)
@@ -351,6 +379,7 @@ class Driver:
                 self._pending.append(entry)
                 return
             entries.append(entry)
+            self._outgoing.append(entry)
 
     def _record(self, cell: Cell, number: int, result: dict) -> bool:
         """Store row first, then Optuna: the sampler sees the result before the next ask.
@@ -430,7 +459,7 @@ class Driver:
             except Exception:  # noqa: BLE001 - best effort, the task may have finished
                 pass
         self._inflight.clear()
-        self._pending = []
+        self._pending, self._outgoing = [], []
         self._recover()
 
     def _emit(self) -> None:

@@ -191,9 +191,12 @@ class ResultsStore:
 
     def check(self) -> None:
         """Fail fast, naming the (masked) address, when the database is unreachable."""
-        try:
+        def ping() -> None:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
+
+        try:
+            self._retry(ping, attempts=3)  # a dropped connection is not an unreachable server
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(mask_url(self.url), f"cannot reach the results database ({first})") from None
@@ -234,12 +237,13 @@ class ResultsStore:
                 pass  # the server already dropped the connection, and the lock with it
             conn.close()
 
-    def _retry(self, fn: Callable[[], T]) -> T:
-        for attempt in range(self._retries):
+    def _retry(self, fn: Callable[[], T], attempts: int | None = None) -> T:
+        attempts = attempts or self._retries
+        for attempt in range(attempts):
             try:
                 return fn()
             except (OperationalError, InterfaceError):
-                if attempt == self._retries - 1:
+                if attempt == attempts - 1:
                     raise
                 time.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
