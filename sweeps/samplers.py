@@ -90,7 +90,7 @@ class FrontierSampler(BaseSampler):
             if not reach:
                 if tried_max >= dist.high:
                     continue  # censored at the top of the range
-                best = min(done, key=lambda t: t.values[1])
+                best = min(done, key=lambda t: t.values[1]) if done else None
                 return int(min(dist.high, max(tried_max * 2, tried_max + 1))), best
             top = min(reach, key=lambda t: (t.params[size], t.values[1]))
             w_r = top.params[size]

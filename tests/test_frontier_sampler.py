@@ -49,3 +49,14 @@ def test_sampler_registry_and_grid():
     assert g["width"] == [4, 8, 16, 32, 64] and g["interp"] == ["x", "y"]
     for name in ("frontier", "tpe", "nsga2", "gp", "random", "grid"):
         assert isinstance(make_sampler(name, [0.1], space, seed=0), optuna.samplers.BaseSampler)
+
+
+def test_frontier_sampler_with_only_running_trials_past_startup():
+    # a driver that packs trials can have several RUNNING and none finished yet
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=FrontierSampler([0.1], seed=0))
+    space = {"width": IntDistribution(4, 64, log=True)}
+    running = [study.ask(space) for _ in range(5)]  # none told
+    widths = [t.params["width"] for t in running]
+    assert all(4 <= w <= 64 for w in widths)
+    assert len(set(widths[3:])) == len(widths[3:])  # past start-up: no repeats while running
