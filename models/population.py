@@ -121,5 +121,3 @@ class PopulationVAR(nn.Module):
         y = y + self.gain.view(r, 1, 1, 1) * last.view(r, b, c, s * s)
         return y.reshape(r, b, c, s, s)
 
-    def replica_params(self) -> dict[str, torch.Tensor]:
-        return dict(self.named_parameters())

@@ -7,7 +7,6 @@ before any work.
 
 from __future__ import annotations
 
-import os
 import socket
 from urllib.parse import urlparse
 
@@ -75,6 +74,3 @@ def capacity(cpus_per_trial: float, gpus_per_trial: float) -> int:
         slots = min(slots, int(res.get("GPU", 0) // gpus_per_trial))
     return max(1, slots)
 
-
-def in_ray_job() -> bool:
-    return bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"))

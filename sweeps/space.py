@@ -11,7 +11,6 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from models.var import VARConfig, var_params
 from sweeps.spec import ModelVariant, SweepSpec
 from workers.config import TrialConfig
 
@@ -86,8 +85,3 @@ def trial_config(
         replicas=b.replicas,
     )
 
-
-def approx_size(cfg: TrialConfig) -> int:
-    """N without building the model (VAR closed form; FlowAR adds its head)."""
-    vc: VARConfig = cfg.var_config()
-    return var_params(vc)
