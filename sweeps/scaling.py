@@ -5,8 +5,9 @@ squares from several starts, keeping the lowest loss). Intervals are 95%
 percentile intervals from a bootstrap that resamples whole trials within
 each cell and recomputes the frontier, so the noise of the search itself is
 in them. When the points cannot identify the law the fit says so instead of
-printing numbers: fewer than 4 reached points, or a single L (no β) or a
-single ε (no γ); a parameter that cannot be identified is reported as None.
+printing numbers: fewer than 4 reached points, one N* shared by all of them,
+or a single L (no β) or a single ε (no γ); a parameter that cannot be
+identified is reported as None.
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ def fit_scaling(
     fit = ScalingFit(group=group, n_points=len(points), points=points)
     if len(points) < MIN_POINTS:
         fit.note = f"too few reached points ({len(points)} < {MIN_POINTS}) for a meaningful fit"
+        return fit
+    if len({p[2] for p in points}) < 2:
+        fit.note = "every reached point has the same N* (one trial decides them all): nothing to fit"
         return fit
     use_l = len({p[0] for p in points}) > 1
     use_eps = len({p[1] for p in points}) > 1

@@ -47,3 +47,9 @@ def test_single_L_fits_gamma_only():
     cells = synthetic(3)[:1]
     fit = fit_scaling("one-L", cells, EPS, n_boot=100)
     assert fit.beta is None and fit.gamma is not None and "β not identifiable" in fit.note
+
+
+def test_one_trial_deciding_every_point_is_not_a_fit():
+    cells = [CellTrials(L, (TrialPoint(0, 250, 0.01, "completed"),)) for L in (1.0, 2.0)]
+    fit = fit_scaling("flat", cells, EPS)
+    assert fit.n_points == 10 and not fit.ok and "same N*" in fit.note
