@@ -26,6 +26,13 @@ PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PosInt = Annotated[int, Field(ge=1, le=1_000_000)]
 
 
+def known(value: str, registry, what: str) -> str:
+    """A registry name, or a ValueError that lists the known ones."""
+    if value not in registry:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(sorted(registry))}")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,9 +54,7 @@ class ModelVariant(Strict):
     @field_validator("family")
     @classmethod
     def _known_family(cls, v: str) -> str:
-        if v not in FAMILIES:
-            raise ValueError(f"unknown model family {v!r}; choose one of {', '.join(sorted(FAMILIES))}")
-        return v
+        return known(v, FAMILIES, "model family")
 
     @field_validator("heads", "depth", "ffn_ratio")
     @classmethod
@@ -85,17 +90,12 @@ class Cells(Strict):
     @field_validator("targets")
     @classmethod
     def _known_targets(cls, v):
-        bad = [t for t in v if t not in TARGETS]
-        if bad:
-            raise ValueError(f"unknown target family {bad[0]!r}; choose from {', '.join(sorted(TARGETS))}")
-        return v
+        return [known(t, TARGETS, "target family") for t in v]
 
     @field_validator("inputs")
     @classmethod
     def _known_inputs(cls, v):
-        if v not in INPUTS:
-            raise ValueError(f"unknown input distribution {v!r}; choose one of {', '.join(INPUTS)}")
-        return v
+        return known(v, INPUTS, "input distribution")
 
     @model_validator(mode="after")
     def _sides(self):
@@ -157,10 +157,7 @@ class SearchSpace(Strict):
     @field_validator("interp")
     @classmethod
     def _known_interp(cls, v):
-        bad = [i for i in v if i not in INTERPOLATIONS]
-        if bad:
-            raise ValueError(f"unknown interpolation {bad[0]!r}; choose from {', '.join(sorted(INTERPOLATIONS))}")
-        return v
+        return [known(i, INTERPOLATIONS, "interpolation") for i in v]
 
     @field_validator("width")
     @classmethod
@@ -193,9 +190,7 @@ class SweepSpec(Strict):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, v):
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}; choose one of {', '.join(SAMPLERS)}")
-        return v
+        return known(v, SAMPLERS, "sampler")
 
     @field_validator("eps")
     @classmethod
