@@ -240,6 +240,8 @@ class Driver:
                 self._fill(slots, deadline)
                 for cell, number, result, new in done:
                     self._publish(cell, number, result, new)
+                for cell in {id(c): c for c, _, _, _ in done}.values():
+                    self._refresh_frontier(cell)  # once per cell, however many finished
                 self._emit()
         except KeyboardInterrupt:
             interrupted = True
@@ -394,11 +396,10 @@ class Driver:
         return new
 
     def _publish(self, cell: Cell, number: int, result: dict, new: bool) -> None:
-        """MLflow child run and frontier refresh, after the freed slot has work again."""
+        """The MLflow child run, after the freed slot has work again."""
         if new:
             run_id = self._log_mlflow(cell, number, result)
             self.store.set_trial_run_id(cell.cell_id, number, run_id)
-        self._refresh_frontier(cell)
 
     def _tell(self, cell: Cell, number: int, status: str, n_params, err_ucb) -> None:
         if status == "completed" and err_ucb is not None and math.isfinite(err_ucb):

@@ -200,11 +200,14 @@ def plateau_notes(rows: list[dict]) -> list[str]:
 
 
 def build_report(store: ResultsStore, sweep: str, out_dir: Path, n_boot: int = 300,
-                 extra_md: list[str] | None = None) -> Report:
+                 extra_md: list[str] | None = None,
+                 fits: list[ScalingFit] | None = None) -> Report:
+    """``fits`` may be passed when the caller already computed them (nightly)."""
     row, cells, trials = collect(store, sweep)
     eps = row.spec["eps"]
     rows = frontier_rows(store, sweep)
-    fits = scaling_fits(cells, trials, eps, n_boot=n_boot)
+    if fits is None:
+        fits = scaling_fits(cells, trials, eps, n_boot=n_boot)
     plots = {"Error vs N with the Pareto front, per cell": plot_err_vs_n(cells, trials, eps)}
     p = plot_nstar_vs_eps(fits)
     if p:

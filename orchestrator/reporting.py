@@ -16,11 +16,11 @@ from sweeps.spec import SweepSpec
 
 
 def publish_report(settings: Settings, sweep: str, out: Path | None = None, n_boot: int = 300,
-                   extra_md: list[str] | None = None) -> Report:
+                   extra_md: list[str] | None = None, fits=None) -> Report:
     store = ResultsStore(settings.db_url)
     store.check()
     out_dir = out or settings.workdir / "reports" / sweep
-    rep = build_report(store, sweep, out_dir, n_boot=n_boot, extra_md=extra_md)
+    rep = build_report(store, sweep, out_dir, n_boot=n_boot, extra_md=extra_md, fits=fits)
     tracker = Tracker(settings.tracking_uri, f"varbench/{sweep}", artifact_root=settings.artifact_root)
     row = store.sweep(sweep)
     for cell in store.cells(row.id):
@@ -52,7 +52,8 @@ def run_nightly(base: SweepSpec, settings: Settings, address: str | None = None,
     curr_fits = _fits(store, name, n_boot)
     prev_fits = _fits(store, prev, n_boot) if prev else None
     comp = compare(store, prev, name, prev_fits, curr_fits)
-    rep = publish_report(settings, name, n_boot=n_boot, extra_md=comparison_markdown(comp))
+    rep = publish_report(settings, name, n_boot=n_boot, extra_md=comparison_markdown(comp),
+                         fits=curr_fits)  # the bootstrap fits once, not twice
     store.add_nightly(store.sweep(name).id, date, commit, comp.regression, comp.to_dict())
     return NightlyResult(name, outcome, comp, rep)
 
