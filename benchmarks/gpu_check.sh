@@ -9,7 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
+if [ ! -x "$PY" ]; then
+  # an uninstalled checkout (a GPU machine with only torch): expose the
+  # repository as the `varbench` namespace, as the installed package does
+  PY=python3
+  shim=$(mktemp -d)
+  ln -s "$PWD" "$shim/varbench"
+  export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+fi
 "$PY" - <<'PY'
 import torch
 assert torch.cuda.is_available(), "no CUDA device"
@@ -19,7 +26,7 @@ PY
 "$PY" - <<'PY'
 import time
 import torch
-from models.attention import attention
+from varbench.models.attention import attention
 
 def ids_for(sides):
     return torch.cat([torch.full((s * s,), i) for i, s in enumerate(sides)]).cuda()

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from models.attention import attention
-from models.var import var_flops
-from workers.config import TrialConfig
-from workers.population import BATCH_MAX_ACTIVATIONS, batched, run_population
-from workers.trial import run_trial
+from varbench.models.attention import attention
+from varbench.models.var import var_flops
+from varbench.workers.config import TrialConfig
+from varbench.workers.population import BATCH_MAX_ACTIVATIONS, batched, run_population
+from varbench.workers.trial import run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = os.cpu_count() or 1
@@ -45,7 +45,7 @@ def machine() -> str:
 
 
 def population_vs_plain(r: int = 8) -> list[str]:
-    import workers.population as pop_mod
+    import varbench.workers.population as pop_mod
 
     rows = ["| width | plain loop (model-steps/s) | population R=8 as run | stacked (forced) | ratio as run | ratio stacked |",
             "|---|---|---|---|---|---|"]
@@ -116,9 +116,9 @@ def attention_backends() -> list[str]:
 
 
 def sweep_efficiency() -> list[str]:
-    from orchestrator.driver import run_sweep
-    from orchestrator.settings import resolve_settings
-    from sweeps.spec import load_spec
+    from varbench.orchestrator.driver import run_sweep
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.sweeps.spec import load_spec
 
     spec = load_spec(ROOT / "sweeps" / "quick.yaml")
     with tempfile.TemporaryDirectory() as work:

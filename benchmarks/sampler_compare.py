@@ -21,10 +21,10 @@ from pathlib import Path
 
 import optuna
 
-from sweeps.frontier import TrialPoint, frontier
-from sweeps.samplers import make_sampler
-from sweeps.space import search_space, trial_config
-from sweeps.spec import load_spec
+from varbench.sweeps.frontier import TrialPoint, frontier
+from varbench.sweeps.samplers import make_sampler
+from varbench.sweeps.space import search_space, trial_config
+from varbench.sweeps.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "varbench-work" / "sampler_grid.json"
@@ -33,8 +33,8 @@ CACHE = ROOT / "varbench-work" / "sampler_grid.json"
 def _run(cfg_dict: dict) -> tuple[int, float]:
     import torch
 
-    from workers.config import TrialConfig
-    from workers.trial import run_trial
+    from varbench.workers.config import TrialConfig
+    from varbench.workers.trial import run_trial
 
     torch.set_num_threads(1)
     r = run_trial(TrialConfig.from_dict(cfg_dict))

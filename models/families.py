@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from models.flowar import FlowAR
-from models.var import VAR, VARConfig
+from varbench.models.flowar import FlowAR
+from varbench.models.var import VAR, VARConfig
 
 FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.attention import attention, block_causal_mask, resolve_backend
-from models.var import VAR, VARConfig
+from varbench.models.attention import attention, block_causal_mask, resolve_backend
+from varbench.models.var import VAR, VARConfig
 
 
 def _stack(tensors: list[torch.Tensor]) -> nn.Parameter:

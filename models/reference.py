@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from models.inputs import sample_inputs
-from models.interp import interp_matrix
-from models.metrics import ErrorEstimate, error_estimate
-from models.targets import Target
+from varbench.models.inputs import sample_inputs
+from varbench.models.interp import interp_matrix
+from varbench.models.metrics import ErrorEstimate, error_estimate
+from varbench.models.targets import Target
 
 
 def reference_errors(

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from models.interp import interp_matrix
+from varbench.models.interp import interp_matrix
 
 TARGETS: dict[str, type[Target]] = {}
 

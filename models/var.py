@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.attention import attention, block_causal_mask, resolve_backend
-from models.interp import interp_matrix
-from models.schedule import scale_schedule
+from varbench.models.attention import attention, block_causal_mask, resolve_backend
+from varbench.models.interp import interp_matrix
+from varbench.models.schedule import scale_schedule
 
 
 @dataclass(frozen=True)

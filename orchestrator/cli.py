@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.errors import RunFailed, UserError
+from varbench.orchestrator.errors import RunFailed, UserError
 
 app = typer.Typer(
     name="varbench",
@@ -33,7 +33,7 @@ def _root() -> None:
 
 def fail(exc: Exception) -> None:
     """Turn a user error into one line (per spec problem) and exit 2, a failed run into exit 1."""
-    from sweeps.spec import SpecError
+    from varbench.sweeps.spec import SpecError
 
     if isinstance(exc, SpecError):
         for line in exc.lines():
@@ -87,7 +87,7 @@ def trial(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run one trial (for debugging and sanity checks) and print its result."""
-    from workers.validate import build_trial_config
+    from varbench.workers.validate import build_trial_config
 
     try:
         cfg = build_trial_config(
@@ -100,7 +100,7 @@ def trial(
         )
     except UserError as exc:
         fail(exc)
-    from workers.trial import run_trial
+    from varbench.workers.trial import run_trial
 
     result = run_trial(cfg)
     if as_json:
@@ -160,9 +160,9 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
 ) -> None:
     """Run a sweep (or resume it) and print its frontier."""
-    from orchestrator.driver import Driver
-    from orchestrator.settings import resolve_settings
-    from sweeps.spec import load_spec
+    from varbench.orchestrator.driver import Driver
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.sweeps.spec import load_spec
 
     try:
         sweep = load_spec(spec)
@@ -209,8 +209,8 @@ def _run_with_progress(driver, show: bool):
 
 
 def _frontier(db_url: str, sweep: str) -> list[dict]:
-    from orchestrator.queries import frontier_rows
-    from orchestrator.store import ResultsStore
+    from varbench.orchestrator.queries import frontier_rows
+    from varbench.orchestrator.store import ResultsStore
 
     store = ResultsStore(db_url)
     store.check()
@@ -244,7 +244,7 @@ def frontier(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print N* per ε and L for a sweep, with the trial that achieved it."""
-    from orchestrator.settings import resolve_settings
+    from varbench.orchestrator.settings import resolve_settings
 
     try:
         rows = _frontier(resolve_settings(workdir, db).db_url, sweep)
@@ -268,9 +268,9 @@ def submit(
     """Submit a sweep to a Ray cluster through the Ray Jobs API."""
     from pathlib import Path
 
-    from orchestrator import submit as jobs
-    from orchestrator.store import mask_url
-    from sweeps.spec import load_spec
+    from varbench.orchestrator import submit as jobs
+    from varbench.orchestrator.store import mask_url
+    from varbench.sweeps.spec import load_spec
 
     try:
         sweep = load_spec(spec)
@@ -300,13 +300,13 @@ def status(
     workdir: WorkOpt = None,
 ) -> None:
     """Show sweeps in the store (trials done per cell), or a Ray job's status."""
-    from orchestrator.queries import sweep_status
-    from orchestrator.settings import resolve_settings
-    from orchestrator.store import ResultsStore
+    from varbench.orchestrator.queries import sweep_status
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.orchestrator.store import ResultsStore
 
     try:
         if address and target:
-            from orchestrator import submit as jobs
+            from varbench.orchestrator import submit as jobs
 
             st = jobs.job_status(jobs.client(address), target)
             if st is None:
@@ -339,8 +339,8 @@ def ui(
     import shutil
     import sys
 
-    from orchestrator.settings import resolve_settings
-    from orchestrator.store import mask_url
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.orchestrator.store import mask_url
 
     settings = resolve_settings(workdir, None, tracking)
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
@@ -363,10 +363,10 @@ def doctor(
 
     import torch
 
-    from orchestrator.cluster import check_address
-    from orchestrator.settings import resolve_settings
-    from orchestrator.store import ResultsStore, mask_url
-    from orchestrator.tracking import Tracker
+    from varbench.orchestrator.cluster import check_address
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.orchestrator.store import ResultsStore, mask_url
+    from varbench.orchestrator.tracking import Tracker
 
     settings = resolve_settings(workdir, db, tracking)
     table = Table(title="varbench doctor")
@@ -411,8 +411,8 @@ def report(
     """Write the HTML report and markdown summary; log both on the studies' MLflow runs."""
     from pathlib import Path
 
-    from orchestrator.reporting import publish_report
-    from orchestrator.settings import resolve_settings
+    from varbench.orchestrator.reporting import publish_report
+    from varbench.orchestrator.settings import resolve_settings
 
     try:
         settings = resolve_settings(workdir, db, tracking)
@@ -446,9 +446,9 @@ def nightly(
     boot: Annotated[int, typer.Option(help="Bootstrap resamples for the fits.")] = 300,
 ) -> None:
     """Run the nightly sweep tagged with date and commit; compare with the previous night."""
-    from orchestrator.reporting import run_nightly
-    from orchestrator.settings import resolve_settings
-    from sweeps.spec import load_spec
+    from varbench.orchestrator.reporting import run_nightly
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.sweeps.spec import load_spec
 
     try:
         base = load_spec(spec)
@@ -475,7 +475,7 @@ def nightly(
 
 
 def main() -> None:
-    from orchestrator.submit import use_token_if_given
+    from varbench.orchestrator.submit import use_token_if_given
 
     use_token_if_given()  # before Ray is imported: it reads the auth mode once
     app()

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import ray
 
-from workers.errors import UserError
+from varbench.workers.errors import UserError
 
 
 def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:

@@ -31,17 +31,17 @@ from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from orchestrator import cluster
-from orchestrator.settings import Settings
-from orchestrator.store import ResultsStore, mask_url
-from orchestrator.tracking import Tracker, git_commit
-from sweeps.frontier import FrontierPoint, frontier
-from sweeps.samplers import make_sampler
-from sweeps.space import search_space, trial_config, trial_seed
-from sweeps.spec import ModelVariant, SweepSpec
-from workers.config import TrialConfig
-from workers.population import batched, shape_key
-from workers.remote import FAULT_VARS, population_task, reference_task, trial_task
+from varbench.orchestrator import cluster
+from varbench.orchestrator.settings import Settings
+from varbench.orchestrator.store import ResultsStore, mask_url
+from varbench.orchestrator.tracking import Tracker, git_commit
+from varbench.sweeps.frontier import FrontierPoint, frontier
+from varbench.sweeps.samplers import make_sampler
+from varbench.sweeps.space import search_space, trial_config, trial_seed
+from varbench.sweeps.spec import ModelVariant, SweepSpec
+from varbench.workers.config import TrialConfig
+from varbench.workers.population import batched, shape_key
+from varbench.workers.remote import FAULT_VARS, population_task, reference_task, trial_task
 
 log = logging.getLogger("varbench.driver")
 T = TypeVar("T")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.errors import UserError
+from varbench.workers.errors import UserError
 
 
 class RunFailed(Exception):

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from orchestrator.store import ResultsStore
-from sweeps.frontier import TrialPoint, frontier
-from sweeps.scaling import ScalingFit
+from varbench.orchestrator.store import ResultsStore
+from varbench.sweeps.frontier import TrialPoint, frontier
+from varbench.sweeps.scaling import ScalingFit
 
 N_BOOT = 200
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.store import ResultsStore
-from workers.errors import UserError
+from varbench.orchestrator.store import ResultsStore
+from varbench.workers.errors import UserError
 
 
 def frontier_rows(store: ResultsStore, sweep: str) -> list[dict]:

@@ -21,11 +21,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from orchestrator.queries import frontier_rows  # noqa: E402
-from orchestrator.store import ResultsStore  # noqa: E402
-from sweeps.frontier import TrialPoint, pareto_front  # noqa: E402
-from sweeps.scaling import CellTrials, ScalingFit, fit_scaling  # noqa: E402
-from workers.errors import UserError  # noqa: E402
+from varbench.orchestrator.queries import frontier_rows  # noqa: E402
+from varbench.orchestrator.store import ResultsStore  # noqa: E402
+from varbench.sweeps.frontier import TrialPoint, pareto_front  # noqa: E402
+from varbench.sweeps.scaling import CellTrials, ScalingFit, fit_scaling  # noqa: E402
+from varbench.workers.errors import UserError  # noqa: E402
 
 
 @dataclass

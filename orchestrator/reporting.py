@@ -6,13 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.driver import Driver, SweepOutcome
-from orchestrator.nightly import Comparison, compare, comparison_markdown, previous_night, today
-from orchestrator.report import Report, build_report, collect, scaling_fits
-from orchestrator.settings import Settings
-from orchestrator.store import ResultsStore
-from orchestrator.tracking import Tracker, git_commit
-from sweeps.spec import SweepSpec
+from varbench.orchestrator.driver import Driver, SweepOutcome
+from varbench.orchestrator.nightly import Comparison, compare, comparison_markdown, previous_night, today
+from varbench.orchestrator.report import Report, build_report, collect, scaling_fits
+from varbench.orchestrator.settings import Settings
+from varbench.orchestrator.store import ResultsStore
+from varbench.orchestrator.tracking import Tracker, git_commit
+from varbench.sweeps.spec import SweepSpec
 
 
 def publish_report(settings: Settings, sweep: str, out: Path | None = None, n_boot: int = 300,

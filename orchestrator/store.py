@@ -37,8 +37,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from sweeps.frontier import FrontierPoint, TrialPoint
-from workers.errors import UserError
+from varbench.sweeps.frontier import FrontierPoint, TrialPoint
+from varbench.workers.errors import UserError
 
 T = TypeVar("T")
 

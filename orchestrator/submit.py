@@ -3,7 +3,9 @@
 The submission id is derived from the sweep (name and spec hash), so a
 repeated submit of the same spec attaches to the job already there instead
 of running it twice. The working directory ships as the job's runtime
-environment; database and tracking URLs travel as environment variables, not
+environment, and the varbench code this client runs ships beside it as a
+``varbench`` module (``py_modules``), so the job runs the same code whether
+varbench is installed here from a wheel or editable; database and tracking URLs travel as environment variables, not
 on the (visible) entrypoint. Ray's token is read by Ray's own client from
 RAY_AUTH_TOKEN or ~/.ray/auth_token; we never turn authentication off.
 """
@@ -11,14 +13,16 @@ RAY_AUTH_TOKEN or ~/.ray/auth_token; we never turn authentication off.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import RunFailed
-from sweeps.spec import SweepSpec
-from workers.errors import UserError
+from varbench.orchestrator.errors import RunFailed
+from varbench.sweeps.spec import SweepSpec
+from varbench.workers.errors import UserError
 
 EXCLUDES = [".venv", ".git", "varbench-work", "mlruns", "mlartifacts", "*.db", "__pycache__",
             ".pytest_cache", ".ruff_cache", ".hypothesis"]
@@ -53,7 +57,7 @@ def use_token_if_given() -> None:
 def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
-    from orchestrator.cluster import check_address
+    from varbench.orchestrator.cluster import check_address
 
     url = dashboard_url(address)
     check_address(url)
@@ -73,6 +77,26 @@ def job_status(c, sid: str) -> str | None:
         if "404" in str(exc) or "does not exist" in str(exc).lower():
             return None
         raise
+
+
+def stage_package(into: Path) -> Path:
+    """Copy the running ``varbench`` sub-packages into ``into/varbench`` for ``py_modules``.
+
+    The repository keeps models/, workers/, sweeps/ and orchestrator/ at its top
+    and maps them into the namespace at install time; a cluster gets them under
+    the one name the code imports.
+    """
+    import varbench.models
+    import varbench.orchestrator
+    import varbench.sweeps
+    import varbench.workers
+
+    root = into / "varbench"
+    for pkg in (varbench.models, varbench.orchestrator, varbench.sweeps, varbench.workers):
+        name = pkg.__name__.rsplit(".", 1)[1]
+        shutil.copytree(Path(pkg.__file__).parent, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return root
 
 
 def submit(
@@ -95,21 +119,25 @@ def submit(
     if existing is not None:
         return Submission(sid, existing, attached=True)
     deadline = time.monotonic() + agent_wait_s
-    while True:
-        try:
-            c.submit_job(
-                entrypoint=f"python -m orchestrator.cli run {rel.as_posix()} --address auto",
-                submission_id=sid,
-                runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES,
-                             "env_vars": dict(env or {})},
-                metadata={"varbench.sweep": spec.name, "varbench.spec_hash": spec.spec_hash()},
-            )
-            break
-        except RuntimeError as exc:
-            # a head node that just started has a dashboard before its job agent
-            if "try again later" not in str(exc) or time.monotonic() > deadline:
-                raise RunFailed(f"the Ray Jobs API refused the submission: {exc}") from None
-            time.sleep(2)
+    with tempfile.TemporaryDirectory(prefix="varbench-submit-") as tmp:
+        package = stage_package(Path(tmp))
+        while True:
+            try:
+                c.submit_job(
+                    entrypoint=f"python -m varbench.orchestrator.cli run {rel.as_posix()} "
+                               "--address auto",
+                    submission_id=sid,
+                    runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES,
+                                 "py_modules": [str(package)], "env_vars": dict(env or {})},
+                    metadata={"varbench.sweep": spec.name,
+                              "varbench.spec_hash": spec.spec_hash()},
+                )
+                break
+            except RuntimeError as exc:
+                # a head node that just started has a dashboard before its job agent
+                if "try again later" not in str(exc) or time.monotonic() > deadline:
+                    raise RunFailed(f"the Ray Jobs API refused the submission: {exc}") from None
+                time.sleep(2)
     return Submission(sid, job_status(c, sid) or "PENDING", attached=False)
 
 

@@ -20,8 +20,8 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from orchestrator.store import mask_url
-from workers.errors import UserError
+from varbench.orchestrator.store import mask_url
+from varbench.workers.errors import UserError
 
 PARENT_TAG = "varbench.study"
 TRIAL_TAG = "varbench.trial"

@@ -22,7 +22,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from workers.errors import UserError
+from varbench.workers.errors import UserError
 
 
 class FrontierSampler(BaseSampler):

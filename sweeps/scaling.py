@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sweeps.frontier import TrialPoint, frontier
+from varbench.sweeps.frontier import TrialPoint, frontier
 
 MIN_POINTS = 4
 HUBER_DELTA = 0.3  # in log N units: ~35% relative error before down-weighting

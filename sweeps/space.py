@@ -11,8 +11,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from sweeps.spec import ModelVariant, SweepSpec
-from workers.config import TrialConfig
+from varbench.sweeps.spec import ModelVariant, SweepSpec
+from varbench.workers.config import TrialConfig
 
 
 def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistribution]:

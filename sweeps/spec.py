@@ -14,12 +14,12 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.families import FAMILIES
-from models.inputs import INPUTS
-from models.interp import INTERPOLATIONS
-from models.schedule import max_scales
-from models.targets import TARGETS
-from workers.errors import UserError
+from varbench.models.families import FAMILIES
+from varbench.models.inputs import INPUTS
+from varbench.models.interp import INTERPOLATIONS
+from varbench.models.schedule import max_scales
+from varbench.models.targets import TARGETS
+from varbench.workers.errors import UserError
 
 SAMPLERS = ("frontier", "tpe", "nsga2", "gp", "random", "grid")
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]

@@ -38,7 +38,7 @@ def tiny_spec(tmp_path: Path, **overrides) -> Path:
 def ray_local():
     import ray
 
-    from orchestrator.cluster import connect
+    from varbench.orchestrator.cluster import connect
 
     connect(None, num_cpus=2)  # the project's own embedded-cluster path
     yield ray

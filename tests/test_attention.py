@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.attention import attention, block_causal_mask
+from varbench.models.attention import attention, block_causal_mask
 
 SIDES = [1, 2, 3, 4]
 

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from sweeps.spec import SpecError, load_spec, parse_spec, printable
+from varbench.orchestrator.cli import app
+from varbench.sweeps.spec import SpecError, load_spec, parse_spec, printable
 from tests.conftest import TINY
-from workers.errors import UserError
+from varbench.workers.errors import UserError
 
 BASE = yaml.safe_load(TINY.read_text())
 

@@ -61,7 +61,7 @@ def test_entrypoints_run_the_nightly_spec_that_exists():
         assert cmd.startswith(NIGHTLY), (name, cmd)
     # the console script the entrypoints call is the one the package installs
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["varbench"] == "orchestrator.cli:main"
+    assert scripts["varbench"] == "varbench.orchestrator.cli:main"
     timer = (DEPLOY / "systemd" / "varbench-nightly.timer").read_text()
     assert "Unit=varbench-nightly.service" in timer and "OnCalendar=" in timer
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from models.flowar import FlowAR, integrate
-from models.interp import upsample
-from models.var import VARConfig
-from workers.config import TrialConfig
-from workers.trial import run_trial
+from varbench.models.flowar import FlowAR, integrate
+from varbench.models.interp import upsample
+from varbench.models.var import VARConfig
+from varbench.workers.config import TrialConfig
+from varbench.workers.trial import run_trial
 
 CFG = VARConfig(width=16, scales=3, s_first=2, s_last=8, interp="bilinear")
 
@@ -81,7 +81,7 @@ def test_cli_flowar_sanity_target_reaches_1e2():
 
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from varbench.orchestrator.cli import app
 
     res = CliRunner().invoke(app, ["trial", "--model", "flowar", "--target", "upsample",
                                    "--interp", "bicubic", "--scales", "2", "--json"])

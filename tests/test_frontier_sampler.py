@@ -1,8 +1,8 @@
 import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
-from sweeps.frontier import TrialPoint, frontier, pareto_front
-from sweeps.samplers import FrontierSampler, grid_values, make_sampler
+from varbench.sweeps.frontier import TrialPoint, frontier, pareto_front
+from varbench.sweeps.samplers import FrontierSampler, grid_values, make_sampler
 
 
 def test_frontier_smallest_reaching_and_censored_points():

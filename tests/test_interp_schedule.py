@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.interp import INTERPOLATIONS, upsample
-from models.schedule import scale_schedule
+from varbench.models.interp import INTERPOLATIONS, upsample
+from varbench.models.schedule import scale_schedule
 
 
 @pytest.mark.parametrize("kind", sorted(INTERPOLATIONS))

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from models.population import PopulationVAR
-from models.var import VAR, VARConfig
-from workers.config import TrialConfig
-from workers.population import batched, run_population
-from workers.trial import run_trial
+from varbench.models.population import PopulationVAR
+from varbench.models.var import VAR, VARConfig
+from varbench.workers.config import TrialConfig
+from varbench.workers.population import batched, run_population
+from varbench.workers.trial import run_trial
 
 
 def test_population_forward_equals_each_model():

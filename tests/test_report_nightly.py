@@ -7,9 +7,9 @@ import re
 
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.store import ResultsStore
-from orchestrator.tracking import Tracker
+from varbench.orchestrator.cli import app
+from varbench.orchestrator.store import ResultsStore
+from varbench.orchestrator.tracking import Tracker
 from tests.conftest import TINY, tiny_spec
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from sweeps.frontier import TrialPoint
-from sweeps.scaling import CellTrials, fit_scaling
+from varbench.sweeps.frontier import TrialPoint
+from varbench.sweeps.scaling import CellTrials, fit_scaling
 
 EPS = [0.3, 0.1, 0.05, 0.03, 0.01]
 BETA, GAMMA, C = 1.5, 2.0, 10.0

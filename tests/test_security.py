@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import cli
-from orchestrator.store import Base, mask_url
-from orchestrator.tracking import Tracker
+from varbench.orchestrator import cli
+from varbench.orchestrator.store import Base, mask_url
+from varbench.orchestrator.tracking import Tracker
 from tests.conftest import ROOT, TINY, free_port
 
 SECRET = "s3cr3t-Pw-91"

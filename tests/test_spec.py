@@ -4,8 +4,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from sweeps.spec import SpecError, load_spec, parse_spec
+from varbench.orchestrator.cli import app
+from varbench.sweeps.spec import SpecError, load_spec, parse_spec
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent

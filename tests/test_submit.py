@@ -90,7 +90,7 @@ def test_submit_runs_the_sweep_and_status_reads_success(token_cluster, tmp_path)
         time.sleep(2)
     assert status == "SUCCEEDED"
     # the job wrote its trials into the database we named
-    from orchestrator.store import ResultsStore
+    from varbench.orchestrator.store import ResultsStore
 
     store = ResultsStore(db)
     sweep = store.sweep("tiny")

@@ -9,13 +9,13 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.driver import run_sweep
-from orchestrator.settings import resolve_settings
-from orchestrator.store import ResultsStore
-from orchestrator.tracking import Tracker
-from sweeps.frontier import frontier
-from sweeps.spec import load_spec
+from varbench.orchestrator.cli import app
+from varbench.orchestrator.driver import run_sweep
+from varbench.orchestrator.settings import resolve_settings
+from varbench.orchestrator.store import ResultsStore
+from varbench.orchestrator.tracking import Tracker
+from varbench.sweeps.frontier import frontier
+from varbench.sweeps.spec import load_spec
 from tests.conftest import TINY, tiny_spec
 
 

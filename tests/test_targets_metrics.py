@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from models.metrics import error_estimate
-from models.reference import reference_errors
-from models.targets import TARGETS, empirical_lipschitz, make_target
+from varbench.models.metrics import error_estimate
+from varbench.models.reference import reference_errors
+from varbench.models.targets import TARGETS, empirical_lipschitz, make_target
 
 
 @pytest.mark.parametrize("name", ["linear", "upsample"])

@@ -2,9 +2,9 @@ import json
 
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from workers.config import TrialConfig
-from workers.trial import run_trial
+from varbench.orchestrator.cli import app
+from varbench.workers.config import TrialConfig
+from varbench.workers.trial import run_trial
 
 TINY = dict(target="mlp", lipschitz=2.0, width=8, scales=3, steps=30, eval_every=10, n_eval=256)
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models.interp import upsample
-from models.var import VAR, VARConfig, var_params
+from varbench.models.interp import upsample
+from varbench.models.var import VAR, VARConfig, var_params
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 Workers hold no connections and write nothing: the driver owns every write.
 """
 
-from workers.config import TrialConfig, TrialResult
-from workers.trial import run_trial
+from varbench.workers.config import TrialConfig, TrialResult
+from varbench.workers.trial import run_trial
 
 __all__ = ["TrialConfig", "TrialResult", "run_trial"]

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from models.var import VARConfig
+from varbench.models.var import VARConfig
 
 DEFAULT_EPS = (0.1, 0.03, 0.01, 0.003, 0.001)
 

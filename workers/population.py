@@ -20,13 +20,13 @@ import time
 
 import torch
 
-from models.families import build_model
-from models.inputs import sample_inputs
-from models.metrics import error_estimate
-from models.population import PopulationVAR
-from models.targets import make_target
-from workers.config import TrialConfig, TrialResult
-from workers.trial import MONITOR_SIZE, _gen, _train_one, evaluate, lr_factor, resolve_device
+from varbench.models.families import build_model
+from varbench.models.inputs import sample_inputs
+from varbench.models.metrics import error_estimate
+from varbench.models.population import PopulationVAR
+from varbench.models.targets import make_target
+from varbench.workers.config import TrialConfig, TrialResult
+from varbench.workers.trial import MONITOR_SIZE, _gen, _train_one, evaluate, lr_factor, resolve_device
 
 SHAPE_FIELDS = ("model", "target", "lipschitz", "channels", "s_first", "s_last", "inputs",
                 "target_seed", "width", "scales", "interp", "heads", "depth", "ffn_ratio",

@@ -13,11 +13,11 @@ import os
 import ray
 import torch
 
-from models.reference import reference_errors
-from models.targets import make_target
-from workers.config import TrialConfig
-from workers.population import run_population
-from workers.trial import run_trial
+from varbench.models.reference import reference_errors
+from varbench.models.targets import make_target
+from varbench.workers.config import TrialConfig
+from varbench.workers.population import run_population
+from varbench.workers.trial import run_trial
 
 FAULT_KILL, FAULT_DIR = "VARBENCH_FAULT_KILL", "VARBENCH_FAULT_DIR"
 FAULT_VARS = (FAULT_KILL, FAULT_DIR)

@@ -15,11 +15,11 @@ from dataclasses import replace
 
 import torch
 
-from models.families import build_model
-from models.inputs import sample_inputs
-from models.metrics import ErrorEstimate, error_estimate, estimate_from_samples, per_sample_power
-from models.targets import make_target
-from workers.config import TrialConfig, TrialResult
+from varbench.models.families import build_model
+from varbench.models.inputs import sample_inputs
+from varbench.models.metrics import ErrorEstimate, error_estimate, estimate_from_samples, per_sample_power
+from varbench.models.targets import make_target
+from varbench.workers.config import TrialConfig, TrialResult
 
 # Disjoint random streams per trial seed: training, monitoring, final eval.
 _STREAM = {"train": 1, "monitor": 2, "eval": 3}
@@ -76,7 +76,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     the result is the best replica's, with every replica's err_ucb beside it.
     """
     if cfg.replicas > 1:
-        from workers.population import run_population
+        from varbench.workers.population import run_population
 
         results = run_population(replica_configs(cfg))
         done = [r for r in results if r.status == "completed"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 
-from models.attention import BACKENDS
-from models.families import FAMILIES
-from models.inputs import INPUTS
-from models.interp import INTERPOLATIONS
-from models.schedule import max_scales
-from models.targets import TARGETS
-from workers.config import TrialConfig
-from workers.errors import UserError
+from varbench.models.attention import BACKENDS
+from varbench.models.families import FAMILIES
+from varbench.models.inputs import INPUTS
+from varbench.models.interp import INTERPOLATIONS
+from varbench.models.schedule import max_scales
+from varbench.models.targets import TARGETS
+from varbench.workers.config import TrialConfig
+from varbench.workers.errors import UserError
 
 SOLVERS = ("euler", "heun")
 

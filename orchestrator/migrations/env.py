@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from orchestrator.store import VERSION_TABLE, Base
+from varbench.orchestrator.store import VERSION_TABLE, Base
 
 connection = context.config.attributes["connection"]
 context.configure(
