@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# a Python/MLflow logging record ("2026/01/31 12:00:00 INFO mlflow...: ..."), not an error line
+_LOG_RECORD = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (DEBUG|INFO|WARNING) ")
+
+
+def assert_user_error(result, *fragments: str, lines: int = 1) -> list[str]:
+    """A user error as the CLI promises it: exit 2, ``lines`` non-empty stderr lines.
+
+    Works on a ``CliRunner`` result (``exit_code``) and a ``subprocess`` result
+    (``returncode``). Each line starts with ``error: ``; logging records other
+    libraries write to stderr are not lines of the error. No traceback anywhere.
+    Every fragment appears in some line (with ``lines=1``: in the line).
+    Returns the error lines.
+    """
+    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
+    stderr = result.stderr or ""
+    everything = stderr + (result.stdout or "")
+    got = [ln for ln in stderr.splitlines() if ln.strip() and not _LOG_RECORD.match(ln)]
+    assert code == 2, (code, everything, getattr(result, "exception", None))
+    assert "Traceback" not in everything, everything
+    assert len(got) == lines, got
+    assert all(ln.startswith("error: ") for ln in got), got
+    for frag in fragments:
+        assert any(frag in ln for ln in got), (frag, got)
+    return got
 
 
 def tiny_spec(tmp_path: Path, **overrides) -> Path:
@@ -49,7 +76,7 @@ def _pg_available() -> bool:
     try:
         import psycopg
 
-        with psycopg.connect(PG_ADMIN.replace("postgresql://", "postgresql://", 1), connect_timeout=3):
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
             return True
     except Exception:
         return False

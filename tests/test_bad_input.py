@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from varbench.orchestrator.cli import app
 from varbench.sweeps.spec import SpecError, load_spec, parse_spec, printable
-from tests.conftest import TINY
+from tests.conftest import TINY, assert_user_error
 from varbench.workers.errors import UserError
 
 BASE = yaml.safe_load(TINY.read_text())
@@ -122,10 +122,7 @@ def test_cli_exit_2_one_line_per_problem_nothing_written(tmp_path, path, hostile
     f.write_text(yaml.safe_dump(spec))
     work = tmp_path / "never-created"
     res = CliRunner().invoke(app, ["run", str(f), "--workdir", str(work)])
-    assert res.exit_code == 2
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == n_problems and all(ln.startswith("error: ") for ln in lines)
-    assert "Traceback" not in res.output
+    assert_user_error(res, lines=n_problems)
     assert not work.exists()
 
 
@@ -133,11 +130,11 @@ def test_non_utf8_and_deep_yaml(tmp_path):
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
     res = CliRunner().invoke(app, ["run", str(bad)])
-    assert res.exit_code == 2 and "not UTF-8" in res.stderr
+    assert_user_error(res, "not UTF-8")
     deep = tmp_path / "deep.yaml"
     deep.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
     res = CliRunner().invoke(app, ["run", str(deep)])
-    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert_user_error(res, "nested too deeply")
 
 
 def test_control_characters_in_keys_stay_on_one_line():

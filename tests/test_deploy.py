@@ -72,9 +72,14 @@ def test_ports_and_bindings_agree():
                if line and not line.startswith("#"))
     mlflow_port = re.search(r":(\d+)$", env["VARBENCH_TRACKING_URI"]).group(1)
     pg_port = re.search(r"@[^:/]+:(\d+)/", env["VARBENCH_DB_URL"]).group(1)
-    assert compose["mlflow"]["ports"] == [f"127.0.0.1:{mlflow_port}:5000"]
-    assert f"--port {5000}" in compose["mlflow"]["command"]
-    assert compose["postgres"]["ports"] == [f"127.0.0.1:{pg_port}:5432"]
+    command = compose["mlflow"]["command"]
+    # inside the compose network: the port the MLflow server listens on, and the
+    # port it reaches the postgres service on, are the two containers' ports
+    mlflow_inner = re.search(r"mlflow server .*--port (\d+)", command, re.S).group(1)
+    pg_inner = re.search(r"@postgres:(\d+)/", command).group(1)
+    # the host publishes each on loopback only, at the port env.example points varbench to
+    assert compose["mlflow"]["ports"] == [f"127.0.0.1:{mlflow_port}:{mlflow_inner}"]
+    assert compose["postgres"]["ports"] == [f"127.0.0.1:{pg_port}:{pg_inner}"]
 
 
 def test_token_auth_on_and_no_secrets_in_files():

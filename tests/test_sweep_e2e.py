@@ -16,7 +16,7 @@ from varbench.orchestrator.store import ResultsStore
 from varbench.orchestrator.tracking import Tracker
 from varbench.sweeps.frontier import frontier
 from varbench.sweeps.spec import load_spec
-from tests.conftest import TINY, tiny_spec
+from tests.conftest import TINY, assert_user_error, tiny_spec
 
 
 def check_sweep(spec, settings, trials_per_cell: int) -> dict[str, int]:
@@ -68,7 +68,7 @@ def test_changed_spec_under_same_name_is_refused(tmp_path, ray_local):
     work = str(tmp_path / "work")
     run_sweep(load_spec(tiny_spec(tmp_path, trials=1)), resolve_settings(workdir=work))
     res = CliRunner().invoke(app, ["run", str(tiny_spec(tmp_path, trials=2, seed=9)), "--workdir", work])
-    assert res.exit_code == 2 and "different spec" in res.stderr
+    assert_user_error(res, "different spec")
 
 
 @pytest.mark.postgres

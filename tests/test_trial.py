@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 from varbench.orchestrator.cli import app
 from varbench.workers.config import TrialConfig
 from varbench.workers.trial import run_trial
+from tests.conftest import assert_user_error
 
 TINY = dict(target="mlp", lipschitz=2.0, width=8, scales=3, steps=30, eval_every=10, n_eval=256)
 
@@ -55,7 +56,4 @@ def test_cli_bad_input_is_one_line_exit_2():
         (["--target", "nope"], "target"),
     ]:
         res = runner.invoke(app, ["trial", *args])
-        assert res.exit_code == 2, (args, res.output)
-        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and field in lines[0], res.stderr
-        assert "Traceback" not in res.output
+        assert_user_error(res, field)

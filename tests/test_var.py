@@ -1,22 +1,59 @@
+import dataclasses
+import itertools
+
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from varbench.models.attention import block_causal_mask
 from varbench.models.interp import upsample
 from varbench.models.var import VAR, VARConfig, var_params
 
+CONFIGS = [
+    VARConfig(width=8, scales=3),
+    VARConfig(width=16, scales=4, heads=4, depth=2, layernorm=True, pos="learned", channels=3),
+    VARConfig(width=12, scales=2, ffn_ratio=2, heads=3, interp="nearest", s_first=3, s_last=9),
+    VARConfig(),  # the theorem's model
+]
+
 
 @pytest.mark.parametrize(
-    "cfg",
+    "cfg,n",
     [
-        VARConfig(width=8, scales=3),
-        VARConfig(width=16, scales=4, heads=4, depth=2, layernorm=True, pos="learned", channels=3),
-        VARConfig(width=12, scales=2, ffn_ratio=2, heads=3, interp="nearest", s_first=3, s_last=9),
+        # d=32, c=1, K=3, one block, FFN ratio 4, no LayerNorm, sincos (no parameters)
+        (VARConfig(),
+         (1 * 32 + 32) + 3 * 32                          # embed, level embedding
+         + (32 * 96 + 96) + (32 * 32 + 32)               # qkv, proj
+         + (32 * 128 + 128) + (128 * 32 + 32)            # FFN in, out
+         + (32 * 1 + 1) + 1),                            # readout, gain
+        # d=16, c=3, K=4 (sides 2,3,5,8: 102 tokens), two blocks, LayerNorm, learned position
+        (VARConfig(width=16, scales=4, heads=4, depth=2, layernorm=True, pos="learned", channels=3),
+         (3 * 16 + 16) + 4 * 16 + 102 * 16
+         + 2 * ((2 * 16) + (16 * 48 + 48) + (16 * 16 + 16)
+                + (2 * 16) + (16 * 64 + 64) + (64 * 16 + 16))
+         + 2 * 16                                        # final LayerNorm
+         + (16 * 3 + 3) + 1),
+        # d=12, c=1, K=2, FFN ratio 2 (heads add no parameters)
+        (VARConfig(width=12, scales=2, ffn_ratio=2, heads=3, interp="nearest", s_first=3, s_last=9),
+         (12 + 12) + 2 * 12 + (12 * 36 + 36) + (12 * 12 + 12) + (12 * 24 + 24) + (24 * 12 + 12)
+         + (12 + 1) + 1),
     ],
 )
-def test_param_count_closed_form(cfg):
-    model = VAR(cfg)
-    assert model.num_params() == sum(p.numel() for p in model.parameters())
-    assert var_params(cfg) == model.num_params()
+def test_param_count_matches_a_hand_count(cfg, n):
+    assert var_params(cfg) == n
+    assert VAR(cfg).num_params() == n
+
+
+def test_closed_form_param_count_matches_the_built_model_over_a_grid():
+    grid = itertools.product((4, 12), (1, 2), (1, 3), (1, 2), (2, 3), (False, True),
+                             ("sincos", "learned"))
+    for width, heads, depth, ffn_ratio, scales, layernorm, pos in grid:
+        for channels in (1, 3):
+            cfg = VARConfig(width=width, heads=heads, depth=depth, ffn_ratio=ffn_ratio,
+                            scales=scales, layernorm=layernorm, pos=pos, channels=channels)
+            model = VAR(cfg)
+            built = sum(p.numel() for p in model.parameters())
+            assert var_params(cfg) == built == model.num_params(), cfg
 
 
 def test_pyramid_first_scale_is_input_and_levels_interpolate():
@@ -55,6 +92,22 @@ def test_gain_represents_one_step_bicubic_exactly():
     torch.testing.assert_close(model(x), 0.7 * upsample("bicubic", x, 8), atol=1e-6, rtol=1e-5)
 
 
-def test_flops_grow_with_width_and_are_positive():
-    f = [VAR(VARConfig(width=w)).flops_per_sample() for w in (8, 16, 32)]
-    assert 0 < f[0] < f[1] < f[2]
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_closed_form_flops_match_a_counted_forward_pass(cfg):
+    """flops_per_sample (2 per multiply-add, matmuls only) against torch's FLOP counter.
+
+    The counter needs the ``reference`` backend (it has no formula for CPU's fused
+    attention kernel). That backend multiplies the full T x T score matrix and then
+    masks it, while the closed form counts only the attended (query, key) pairs: add
+    the masked-out pairs' 2 matmuls x 2 FLOPs x d per layer, taken from the model's
+    own mask. Nothing else is approximated, so the tolerance is zero.
+    """
+    model = VAR(dataclasses.replace(cfg, backend="reference")).eval()
+    batch = 3
+    x = torch.rand(batch, cfg.channels, cfg.s_first, cfg.s_first)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    mask = block_causal_mask(model.pyramid.scale_ids)
+    masked_out = mask.numel() - int(mask.sum())
+    dense_extra = cfg.depth * 2 * 2 * masked_out * cfg.width
+    assert counter.get_total_flops() == batch * (model.flops_per_sample() + dense_extra)
