@@ -31,7 +31,7 @@ def _build_var(cfg: VARConfig, **_: object) -> nn.Module:
 
 
 @register_family("flowar")
-def _build_flowar(cfg: VARConfig, flow_steps: int = 4, flow_solver: str = "euler",
+def _build_flowar(cfg: VARConfig, *, flow_steps: int, flow_solver: str,
                   **_: object) -> nn.Module:
     return FlowAR(cfg, flow_steps=flow_steps, flow_solver=flow_solver)
 

@@ -27,6 +27,7 @@ from varbench.models.var import Backbone, Pyramid, VARConfig, _init_weights, bac
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = ("euler", "heun")
+FLOW_STEPS, FLOW_SOLVER = 4, "euler"  # inference defaults (trials read them from here)
 
 
 def time_features(t: torch.Tensor, n: int = 16) -> torch.Tensor:
@@ -79,7 +80,8 @@ def integrate(
 class FlowAR(nn.Module):
     """Flow-based next-scale prediction, X (B,c,s1,s1) -> (B,c,sK,sK)."""
 
-    def __init__(self, cfg: VARConfig, flow_steps: int = 4, flow_solver: str = "euler"):
+    def __init__(self, cfg: VARConfig, flow_steps: int = FLOW_STEPS,
+                 flow_solver: str = FLOW_SOLVER):
         super().__init__()
         if cfg.scales < 2:
             raise ValueError("FlowAR needs at least 2 scales")

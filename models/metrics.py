@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+DEFAULT_P = 2.0  # the theorem's d_2 distance; 1 and inf are options
+
 Z95 = 1.6448536269514722  # one-sided 95% normal quantile
 
 
@@ -60,7 +62,7 @@ def estimate_from_samples(
     return ErrorEstimate(err, ucb, err / max(rms_target, 1e-30), n)
 
 
-def error_estimate(pred: torch.Tensor, target: torch.Tensor, p: float = 2.0) -> ErrorEstimate:
+def error_estimate(pred: torch.Tensor, target: torch.Tensor, p: float = DEFAULT_P) -> ErrorEstimate:
     """err_p with its 95% UCB and relative error from predictions on an eval set."""
     rms = float(target.double().pow(2).mean().sqrt())
     return estimate_from_samples(per_sample_power(pred, target, p), rms, p)

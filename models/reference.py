@@ -14,7 +14,7 @@ import torch
 
 from varbench.models.inputs import sample_inputs
 from varbench.models.interp import interp_matrix
-from varbench.models.metrics import ErrorEstimate, error_estimate
+from varbench.models.metrics import DEFAULT_P, ErrorEstimate, error_estimate
 from varbench.models.targets import Target
 
 
@@ -23,7 +23,7 @@ def reference_errors(
     inputs: str = "uniform",
     n_fit: int = 4096,
     n_eval: int = 4096,
-    p: float = 2.0,
+    p: float = DEFAULT_P,
     seed: int = 0,
 ) -> dict[str, ErrorEstimate]:
     gen = torch.Generator().manual_seed(seed + 7_777_777)

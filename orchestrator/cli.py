@@ -1,22 +1,64 @@
 """The ``varbench`` command line: typed functions, one per command.
 
 Each command body calls the library, so every command is also a Python call
-that tests can make. User mistakes become one line on stderr and exit code 2.
+that tests can make. One error boundary (``command``) maps what a command
+raises to exit codes: a user's mistake (``UserError``) is one line and 2, a
+run that failed is 1, an interrupt 130. Choices are enums built from the
+registries, so the parser lists what exists and refuses a typo.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import json
-import math
-from typing import Annotated
+import sys
+from collections.abc import Callable, Collection
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click import exceptions as usage  # Typer vendors click; no public alias
+from typer.core import TyperGroup
 
+from varbench.models.attention import BACKENDS
+from varbench.models.families import FAMILIES
+from varbench.models.flowar import SOLVERS
+from varbench.models.inputs import INPUTS
+from varbench.models.interp import INTERPOLATIONS
+from varbench.models.targets import TARGETS
 from varbench.orchestrator.errors import RunFailed, UserError
+from varbench.workers.config import DEFAULT_EPS, TrialConfig
+
+
+class OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown option, bad choice) as one line and exit 2,
+    like every other user error; help and our own exits pass through."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except usage.NoArgsIsHelpError as exc:
+            sys.exit(exc.exit_code)  # the help is already printed
+        except usage.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            message = " ".join(exc.format_message().replace("Value error, ", "").split())
+            typer.echo(f"error: {message}{where}", err=True)
+            sys.exit(2)
+        except usage.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="varbench",
     help="Find the smallest VAR / FlowAR transformer that reaches each accuracy ε.",
     no_args_is_help=True,
@@ -24,6 +66,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(soft_wrap=True)  # long paths and names stay on one line
+D = TrialConfig()  # every trial option's default comes from here
+F = TypeVar("F", bound=Callable)
 
 
 @app.callback()
@@ -31,7 +75,7 @@ def _root() -> None:
     """varbench: measure the smallest VAR / FlowAR model that reaches each ε, for each L."""
 
 
-def fail(exc: Exception) -> None:
+def fail(exc: Exception) -> NoReturn:
     """Turn a user error into one line (per spec problem) and exit 2, a failed run into exit 1."""
     from varbench.sweeps.spec import SpecError
 
@@ -46,62 +90,99 @@ def fail(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
-def _parse_eps(text: str) -> tuple[float, ...]:
+def command(fn: F) -> F:
+    """Register ``fn`` as a command behind the one error boundary."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, RunFailed) as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    app.command()(guarded)
+    return guarded  # type: ignore[return-value]
+
+
+def choice(name: str, names: Collection[str]) -> type[enum.Enum]:
+    """A registry's names as a str enum: a Typer choice that lists what exists."""
+    return enum.Enum(name, {n: n for n in sorted(names)}, type=str)  # type: ignore[return-value]
+
+
+Family = choice("Family", FAMILIES)
+Target = choice("Target", TARGETS)
+Interp = choice("Interp", INTERPOLATIONS)
+Inputs = choice("Inputs", INPUTS)
+Solver = choice("Solver", SOLVERS)
+Backend = choice("Backend", BACKENDS)
+
+
+def _parse_eps(text: str) -> list[float]:
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError("--eps", f"not a comma-separated list of numbers: {text!r}") from None
-    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
-        raise UserError("--eps", "every ε must be a positive finite number")
-    return values
 
 
-@app.command()
+def _parse_sets(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs: any TrialConfig field, the value read as YAML."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError("--set", f"expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError("--set", f"cannot read the value of {key.strip()!r}") from None
+    return out
+
+
+@command
 def trial(
-    model: Annotated[str, typer.Option(help="Model family: var or flowar.")] = "var",
-    target: Annotated[str, typer.Option(help="Target family (upsample, linear, mlp, fourier).")] = "mlp",
-    lipschitz: Annotated[float, typer.Option("--lipschitz", "-L", help="Lipschitz constant L.")] = 1.0,
-    channels: Annotated[int, typer.Option(help="Channels c.")] = 1,
-    s_first: Annotated[int, typer.Option("--s-first", help="Input side s₁.")] = 2,
-    s_last: Annotated[int, typer.Option("--s-last", help="Output side s_K.")] = 8,
-    inputs: Annotated[str, typer.Option(help="Input distribution: uniform or smooth.")] = "uniform",
-    width: Annotated[int, typer.Option(help="Model width d.")] = 32,
-    scales: Annotated[int, typer.Option(help="Scale count K.")] = 3,
-    interp: Annotated[str, typer.Option(help="nearest, bilinear, bicubic or area.")] = "bicubic",
-    heads: Annotated[int, typer.Option(help="Attention heads (theorem: 1).")] = 1,
-    depth: Annotated[int, typer.Option(help="Attention layers (theorem: 1).")] = 1,
-    ffn_ratio: Annotated[int, typer.Option(help="FFN hidden ratio r.")] = 4,
-    layernorm: Annotated[bool, typer.Option(help="Pre-LayerNorm on the branches.")] = False,
-    flow_steps: Annotated[int, typer.Option(help="FlowAR integration steps.")] = 4,
-    flow_solver: Annotated[str, typer.Option(help="FlowAR solver: euler or heun.")] = "euler",
-    steps: Annotated[int, typer.Option(help="Training step budget.")] = 2000,
-    batch_size: Annotated[int, typer.Option(help="Fresh inputs per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-2,
-    eps: Annotated[str, typer.Option(help="ε grid, comma-separated; stops early at the smallest.")] = "0.1,0.03,0.01,0.003,0.001",
-    p: Annotated[str, typer.Option(help="Error norm p: 1, 2 or inf.")] = "2",
-    n_eval: Annotated[int, typer.Option(help="Fresh inputs for the final error estimate.")] = 4096,
-    seed: Annotated[int, typer.Option(help="Trial seed (init, data).")] = 0,
-    replicas: Annotated[int, typer.Option(help="Seeds trained together; reports the best and the spread.")] = 1,
-    backend: Annotated[str, typer.Option(help="Attention backend: auto, reference, sdpa, flex.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    model: Annotated[Family, typer.Option(help="Model family.")] = D.model,
+    target: Annotated[Target, typer.Option(help="Target family.")] = D.target,
+    lipschitz: Annotated[float, typer.Option("--lipschitz", "-L", help="Lipschitz constant L.")] = D.lipschitz,
+    channels: Annotated[int, typer.Option(help="Channels c.")] = D.channels,
+    s_first: Annotated[int, typer.Option("--s-first", help="Input side s₁.")] = D.s_first,
+    s_last: Annotated[int, typer.Option("--s-last", help="Output side s_K.")] = D.s_last,
+    inputs: Annotated[Inputs, typer.Option(help="Input distribution.")] = D.inputs,
+    width: Annotated[int, typer.Option(help="Model width d.")] = D.width,
+    scales: Annotated[int, typer.Option(help="Scale count K.")] = D.scales,
+    interp: Annotated[Interp, typer.Option(help="Up-interpolation.")] = D.interp,
+    heads: Annotated[int, typer.Option(help="Attention heads (theorem: 1).")] = D.heads,
+    depth: Annotated[int, typer.Option(help="Attention layers (theorem: 1).")] = D.depth,
+    ffn_ratio: Annotated[int, typer.Option(help="FFN hidden ratio r.")] = D.ffn_ratio,
+    layernorm: Annotated[bool, typer.Option(help="Pre-LayerNorm on the branches.")] = D.layernorm,
+    flow_steps: Annotated[int, typer.Option(help="FlowAR integration steps.")] = D.flow_steps,
+    flow_solver: Annotated[Solver, typer.Option(help="FlowAR solver.")] = D.flow_solver,
+    steps: Annotated[int, typer.Option(help="Training step budget.")] = D.steps,
+    batch_size: Annotated[int, typer.Option(help="Fresh inputs per step.")] = D.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
+    eps: Annotated[str, typer.Option(help="ε grid, comma-separated; stops early at the smallest.")] = ",".join(f"{e:g}" for e in DEFAULT_EPS),
+    p: Annotated[str, typer.Option(help="Error norm p: 1, 2 or inf.")] = f"{D.p:g}",
+    n_eval: Annotated[int, typer.Option(help="Fresh inputs for the final error estimate.")] = D.n_eval,
+    seed: Annotated[int, typer.Option(help="Trial seed (init, data).")] = D.seed,
+    replicas: Annotated[int, typer.Option(help="Seeds trained together; reports the best and the spread.")] = D.replicas,
+    backend: Annotated[Backend, typer.Option(help="Attention backend.")] = D.backend,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = D.device,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Any other trial setting, KEY=VALUE (e.g. --set batch_size=128); repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run one trial (for debugging and sanity checks) and print its result."""
-    from varbench.workers.validate import build_trial_config
-
-    try:
-        cfg = build_trial_config(
-            model=model, target=target, lipschitz=lipschitz, channels=channels,
-            s_first=s_first, s_last=s_last, inputs=inputs, width=width, scales=scales,
-            interp=interp, heads=heads, depth=depth, ffn_ratio=ffn_ratio,
-            layernorm=layernorm, flow_steps=flow_steps, flow_solver=flow_solver,
-            steps=steps, batch_size=batch_size, lr=lr, eps=_parse_eps(eps), p=p,
-            n_eval=n_eval, seed=seed, replicas=replicas, backend=backend, device=device,
-        )
-    except UserError as exc:
-        fail(exc)
+    from varbench.sweeps.fields import build_trial_config
     from varbench.workers.trial import run_trial
 
+    # every parameter but the last two is a TrialConfig field of the same name
+    named = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in locals().items()
+             if k not in ("sets", "as_json", "build_trial_config", "run_trial")}
+    named["eps"] = _parse_eps(eps)
+    cfg = build_trial_config(**{**named, **_parse_sets(sets or [])})
     result = run_trial(cfg)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -150,7 +231,7 @@ WorkOpt = Annotated[str | None, typer.Option("--workdir", help="Work directory (
 AddrOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: an embedded local cluster).")]
 
 
-@app.command()
+@command
 def run(
     spec: Annotated[str, typer.Argument(help="Sweep spec (YAML).")],
     address: AddrOpt = None,
@@ -164,24 +245,34 @@ def run(
     from varbench.orchestrator.settings import resolve_settings
     from varbench.sweeps.spec import load_spec
 
-    try:
-        sweep = load_spec(spec)
-        settings = resolve_settings(workdir, db, tracking, sweep.storage, sweep.tracking)
-        driver = Driver(sweep, settings, address)
-        driver.preflight()
-    except UserError as exc:
-        fail(exc)
-    try:
-        outcome = _run_with_progress(driver, progress)
-    except UserError as exc:
-        fail(exc)
+    sweep = load_spec(spec)
+    settings = resolve_settings(workdir, db, tracking, sweep.storage, sweep.tracking)
+    driver = Driver(sweep, settings, address)
+    driver.preflight()
+    outcome = _run_with_progress(driver, progress)
     if outcome.interrupted:
+        again = _resume_command(spec, address=address, db=db, tracking=tracking,
+                                workdir=workdir)
         typer.echo(f"interrupted: {outcome.trials_recorded} trials recorded; "
-                   f"resume with: varbench run {spec}", err=True)
+                   f"resume with: {again}", err=True)
         raise typer.Exit(130)
     console.print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
                   f"{outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
     _print_frontier(_frontier(settings.db_url, sweep.name))
+
+
+def _resume_command(spec: str, **flags: str | None) -> str:
+    """The command that resumes this sweep: the same spec and the same stores
+    (a password in a URL stays masked)."""
+    import shlex
+
+    from varbench.orchestrator.store import mask_url
+
+    parts = ["varbench", "run", spec]
+    for name, value in flags.items():
+        if value:
+            parts += [f"--{name}", mask_url(value)]
+    return shlex.join(parts)
 
 
 def _run_with_progress(driver, show: bool):
@@ -210,11 +301,11 @@ def _run_with_progress(driver, show: bool):
 
 def _frontier(db_url: str, sweep: str) -> list[dict]:
     from varbench.orchestrator.queries import frontier_rows
-    from varbench.orchestrator.store import ResultsStore
+    from varbench.orchestrator.store import ResultsView
 
-    store = ResultsStore(db_url)
-    store.check()
-    return frontier_rows(store, sweep)
+    view = ResultsView(db_url)
+    view.check()
+    return frontier_rows(view, sweep)
 
 
 def _print_frontier(rows: list[dict]) -> None:
@@ -236,7 +327,7 @@ def _print_frontier(rows: list[dict]) -> None:
     console.print(table)
 
 
-@app.command()
+@command
 def frontier(
     sweep: Annotated[str, typer.Argument(help="Sweep name.")],
     db: DbOpt = None,
@@ -246,17 +337,14 @@ def frontier(
     """Print N* per ε and L for a sweep, with the trial that achieved it."""
     from varbench.orchestrator.settings import resolve_settings
 
-    try:
-        rows = _frontier(resolve_settings(workdir, db).db_url, sweep)
-    except UserError as exc:
-        fail(exc)
+    rows = _frontier(resolve_settings(workdir, db).db_url, sweep)
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
         _print_frontier(rows)
 
 
-@app.command()
+@command
 def submit(
     spec: Annotated[str, typer.Argument(help="Sweep spec (YAML), inside the working directory.")],
     address: Annotated[str, typer.Option("--address", help="Ray dashboard / Jobs API address, e.g. http://127.0.0.1:8265.")],
@@ -272,16 +360,13 @@ def submit(
     from varbench.orchestrator.store import mask_url
     from varbench.sweeps.spec import load_spec
 
-    try:
-        sweep = load_spec(spec)
-        env = {}
-        if db:
-            env["VARBENCH_DB_URL"] = db
-        if tracking:
-            env["VARBENCH_TRACKING_URI"] = tracking
-        sub = jobs.submit(sweep, Path(spec), address, Path(working_dir), env)
-    except (UserError, RunFailed) as exc:
-        fail(exc)
+    sweep = load_spec(spec)
+    env = {}
+    if db:
+        env["VARBENCH_DB_URL"] = db
+    if tracking:
+        env["VARBENCH_TRACKING_URI"] = tracking
+    sub = jobs.submit(sweep, Path(spec), address, Path(working_dir), env)
     verb = "attached to existing job" if sub.attached else "submitted"
     console.print(f"{verb} {sub.submission_id} ({sub.status})"
                   + (f"; results in {mask_url(db)}" if db else ""), highlight=False)
@@ -292,7 +377,7 @@ def submit(
             raise typer.Exit(1)
 
 
-@app.command()
+@command
 def status(
     target: Annotated[str | None, typer.Argument(help="A sweep name, or a job id with --address.")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray Jobs API address (for job ids).")] = None,
@@ -302,23 +387,19 @@ def status(
     """Show sweeps in the store (trials done per cell), or a Ray job's status."""
     from varbench.orchestrator.queries import sweep_status
     from varbench.orchestrator.settings import resolve_settings
-    from varbench.orchestrator.store import ResultsStore
+    from varbench.orchestrator.store import ResultsView
 
-    try:
-        if address and target:
-            from varbench.orchestrator import submit as jobs
+    if address and target:
+        from varbench.orchestrator import submit as jobs
 
-            st = jobs.job_status(jobs.client(address), target)
-            if st is None:
-                raise UserError("JOB", f"no job {target!r} at {address}")
-            console.print(f"{target}: {st}", highlight=False)
-            return
-        store = ResultsStore(resolve_settings(workdir, db).db_url)
-        store.check()
-        store.migrate()
-        rows = sweep_status(store, target)
-    except UserError as exc:
-        fail(exc)
+        st = jobs.job_status(jobs.client(address), target)
+        if st is None:
+            raise UserError("JOB", f"no job {target!r} at {address}")
+        console.print(f"{target}: {st}", highlight=False)
+        return
+    view = ResultsView(resolve_settings(workdir, db).db_url)
+    view.check()
+    rows = sweep_status(view, target)
     table = Table(title="sweeps")
     for col in ("sweep", "status", "cell", "trials", "failed"):
         table.add_column(col)
@@ -327,7 +408,7 @@ def status(
     console.print(table)
 
 
-@app.command()
+@command
 def ui(
     port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind (default loopback only).")] = "127.0.0.1",
@@ -350,56 +431,29 @@ def ui(
                           "--host", host, "--port", str(port)])
 
 
-@app.command()
+@command
 def doctor(
     address: AddrOpt = None,
     db: DbOpt = None,
     tracking: TrackOpt = None,
     workdir: WorkOpt = None,
 ) -> None:
-    """Versions, GPU, and whether the stores and the cluster are reachable."""
-    import importlib.metadata as md
-    import platform
-
-    import torch
-
-    from varbench.orchestrator.cluster import check_address
+    """Versions, GPU, and whether the stores and the cluster are reachable (reads only)."""
+    from varbench.orchestrator.doctor import run_checks
     from varbench.orchestrator.settings import resolve_settings
-    from varbench.orchestrator.store import ResultsStore, mask_url
-    from varbench.orchestrator.tracking import Tracker
 
-    settings = resolve_settings(workdir, db, tracking)
+    checks = run_checks(resolve_settings(workdir, db, tracking), address)
     table = Table(title="varbench doctor")
     table.add_column("check")
     table.add_column("result")
-    table.add_row("python", platform.python_version())
-    for pkg in ("torch", "ray", "optuna", "mlflow", "sqlalchemy", "typer", "pydantic"):
-        try:
-            table.add_row(pkg, md.version(pkg))
-        except md.PackageNotFoundError:
-            table.add_row(pkg, "missing")
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU trials)"
-    table.add_row("GPU", gpu)
-    ok = True
-    checks = [
-        (f"results store {mask_url(settings.db_url)}", lambda: ResultsStore(settings.db_url).check()),
-        (f"MLflow {mask_url(settings.tracking_uri)}", lambda: Tracker(settings.tracking_uri, "varbench/doctor").check()),
-    ]
-    if address:
-        checks.append((f"Ray {address}", lambda: check_address(address)))
-    for name, fn in checks:
-        try:
-            fn()
-            table.add_row(name, "ok")
-        except UserError as exc:
-            ok = False
-            table.add_row(name, f"FAILED: {exc.problem}")
+    for c in checks:
+        table.add_row(c.name, c.result)
     console.print(table)
-    if not ok:
+    if not all(c.ok for c in checks):
         raise typer.Exit(1)
 
 
-@app.command()
+@command
 def report(
     sweep: Annotated[str, typer.Argument(help="Sweep name.")],
     db: DbOpt = None,
@@ -414,11 +468,8 @@ def report(
     from varbench.orchestrator.reporting import publish_report
     from varbench.orchestrator.settings import resolve_settings
 
-    try:
-        settings = resolve_settings(workdir, db, tracking)
-        rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot)
-    except UserError as exc:
-        fail(exc)
+    settings = resolve_settings(workdir, db, tracking)
+    rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot)
     for f in rep.fits:
         if f.ok:
             console.print(f"{f.group}: β = {_fmt_ci(f.beta, f.beta_ci)}, γ = {_fmt_ci(f.gamma, f.gamma_ci)}"
@@ -434,7 +485,7 @@ def _fmt_ci(v, ci) -> str:
     return f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else f"{v:.3g}"
 
 
-@app.command()
+@command
 def nightly(
     spec: Annotated[str, typer.Option(help="The nightly spec.")] = "sweeps/nightly.yaml",
     address: AddrOpt = None,
@@ -450,13 +501,10 @@ def nightly(
     from varbench.orchestrator.settings import resolve_settings
     from varbench.sweeps.spec import load_spec
 
-    try:
-        base = load_spec(spec)
-        settings = resolve_settings(workdir, db, tracking, base.storage, base.tracking)
-        result = run_nightly(base, settings, address, date, n_boot=boot,
-                             on_driver=lambda d: _run_with_progress(d, True))
-    except UserError as exc:
-        fail(exc)
+    base = load_spec(spec)
+    settings = resolve_settings(workdir, db, tracking, base.storage, base.tracking)
+    result = run_nightly(base, settings, address, date, n_boot=boot,
+                         on_driver=lambda d: _run_with_progress(d, True))
     comp = result.comparison
     if comp.previous is None:
         console.print(f"{result.sweep}: first night, nothing to compare", highlight=False)

@@ -1,11 +1,12 @@
-"""The sweep driver: the one writer.
+"""The sweep driver: the loop that hands out trials and collects their results.
 
 One driver per sweep (local, or inside a Ray job). It asks Optuna for trials,
 runs them as Ray tasks with resource requests and retries, collects results as
 they finish and, for each, in this order: records it in the results store
 (once: unique per cell and trial number), tells Optuna, hands the freed
 worker its next trial, then logs the MLflow child run and refreshes the
-cell's frontier. Workers only compute.
+cell's frontier. Workers only compute; ``studies`` talks to Optuna and
+``recorder`` does every write to the store and MLflow.
 
 Resume: running the same sweep again continues it. Optuna trials left RUNNING
 by a dead driver are completed from the store when their result was recorded,
@@ -23,20 +24,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import optuna
 import ray
-from optuna.exceptions import StorageInternalError
-from optuna.trial import TrialState
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from varbench.orchestrator import cluster
+from varbench.orchestrator.recorder import Recorder
 from varbench.orchestrator.settings import Settings
-from varbench.orchestrator.store import ResultsStore, mask_url
-from varbench.orchestrator.tracking import Tracker, git_commit
-from varbench.sweeps.frontier import FrontierPoint, frontier
-from varbench.sweeps.samplers import make_sampler
+from varbench.orchestrator.studies import Studies, study_name
+from varbench.sweeps.frontier import FrontierPoint
 from varbench.sweeps.space import search_space, trial_config, trial_seed
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
@@ -44,8 +40,6 @@ from varbench.workers.population import batched, shape_key
 from varbench.workers.remote import FAULT_VARS, population_task, reference_task, trial_task
 
 log = logging.getLogger("varbench.driver")
-T = TypeVar("T")
-DIRECTIONS = ["minimize", "minimize"]  # (N, err_ucb)
 PACK_MAX = 4  # trials of one small shape trained together in one worker call
 
 
@@ -81,33 +75,6 @@ class SweepOutcome:
     interrupted: bool = False
 
 
-def retry_db(fn: Callable[[], T], attempts: int = 6) -> T:
-    """Run an Optuna storage call again when the database connection drops.
-
-    Tells use ``skip_if_finished`` and enqueues ``skip_if_exists``, so a call
-    that committed before its connection died is harmless to repeat.
-    """
-    for i in range(attempts):
-        try:
-            return fn()
-        except (OperationalError, InterfaceError, StorageInternalError):
-            if i == attempts - 1:
-                raise
-            time.sleep(0.2 * 2**i)
-    raise AssertionError("unreachable")
-
-
-def study_name(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float) -> str:
-    return f"{spec.name}:{variant.label}:{target}:L={lipschitz:g}"
-
-
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    kwargs: dict = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-
-
 class Driver:
     def __init__(
         self,
@@ -121,84 +88,72 @@ class Driver:
         self.settings = settings
         self.address = address
         self.on_progress = on_progress or (lambda p: None)
-        self.tags = tags or {}
-        self.store = ResultsStore(settings.db_url)
-        self.tracker = Tracker(settings.tracking_uri, f"varbench/{spec.name}",
-                               artifact_root=settings.artifact_root)
-        self.commit = git_commit()
+        self.recorder = Recorder(settings, spec.name, tags)
+        self.studies: Studies | None = None
         self.cells: list[Cell] = []
         # a task carries one trial, or several of one shape trained together
         self._inflight: dict[ray.ObjectRef, list[tuple[Cell, optuna.Trial, dict]]] = {}
         self._pending: list[tuple[Cell, optuna.Trial, dict]] = []  # asked, not yet sent
         self._outgoing: list[tuple[Cell, optuna.Trial, TrialConfig]] = []  # being sent
         self._stop = False  # set by Ctrl-C
+        self._checked = False
 
     # --- set-up ----------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Check every address before anything is written: Ray, the database, MLflow."""
+        """Check every address before anything is written: Ray, the database, MLflow.
+
+        Once per driver: the CLI calls it before showing progress, ``run`` again.
+        """
+        if self._checked:
+            return
         if self.address not in (None, "", "local", "auto"):
             cluster.check_address(self.address)
-        self.store.check()
-        self.tracker.check()
+        self.recorder.check()
         cluster.connect(self.address)
+        self._checked = True
 
     def prepare(self) -> None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        with self.store.schema_lock():  # concurrent drivers on one PostgreSQL: one at a time
-            self.store.migrate()
-            storage = retry_db(lambda: optuna_storage(self.settings.db_url))
-        spec = self.spec
-        self.sweep_id = self.store.upsert_sweep(
-            spec.name, spec.model_dump(mode="json"), spec.spec_hash(),
-            {"commit": self.commit, **self.tags},
-        )
+        spec, rec = self.spec, self.recorder
+        self.studies = rec.set_up_schema(lambda: Studies(self.settings.db_url))
+        rec.open_sweep(spec)
         for variant, target, lip in spec.cell_keys():
             name = study_name(spec, variant, target, lip)
             space = search_space(spec, variant)
-            sampler = make_sampler(spec.sampler, spec.eps, space, seed=spec.seed)
-            study = retry_db(lambda n=name, s=sampler: optuna.create_study(
-                storage=storage, study_name=n, sampler=s, directions=DIRECTIONS,
-                load_if_exists=True))
-            cell_id = self.store.upsert_cell(self.sweep_id, name, variant.label, variant.family,
-                                             target, lip)
+            study = self.studies.open(spec, name, space)
+            cell_id = rec.open_cell(name, variant, target, lip)
             self.cells.append(Cell(cell_id, name, variant, target, lip, study, space))
-            self.tracker.parent_run(name, {
-                "varbench.sweep": spec.name, "varbench.cell": name, "git.commit": self.commit,
-                "varbench.variant": variant.label, "varbench.target": target,
-                "varbench.lipschitz": f"{lip:g}", **self.tags,
-            })
         self._recover()
         self._reference_errors()
         for cell in self.cells:
-            cell.done = len(self.store.trial_points(cell.cell_id))
+            cell.done = len(rec.trials(cell.cell_id))
             self._refresh_frontier(cell)
 
     def _recover(self) -> None:
         """Settle what a dead driver left behind (see module docstring)."""
         for cell in self.cells:
-            recorded = {t.number: t for t in self.store.trials(cell.cell_id)}
-            running = retry_db(lambda c=cell: c.study.get_trials(
-                deepcopy=False, states=(TrialState.RUNNING,)))
-            for t in running:
-                self._settle(cell, t.number, dict(t.params), recorded.get(t.number))
+            recorded = {t.number: t for t in self.recorder.trials(cell.cell_id)}
+            for t in self.studies.running(cell.study):
+                row = recorded.get(t.number)
+                if row is not None:  # recorded, not told: tell it now
+                    self.studies.tell(cell.study, t.number, row.status, row.n_params, row.err_ucb)
+                else:  # never recorded: run its params again
+                    self.studies.requeue(cell.study, t.number, dict(t.params))
             for number, row in recorded.items():
                 if row.mlflow_run_id is None:
-                    run_id = self._log_mlflow(cell, number, row.result, recovering=True)
-                    self.store.set_trial_run_id(cell.cell_id, number, run_id)
+                    self.recorder.publish_trial(cell.cell_id, cell.study_name, number,
+                                                row.result, self.spec.eps, recovering=True)
 
     def _reference_errors(self) -> None:
         """Each cell's reference errors, computed once by workers."""
         c, b = self.spec.cells, self.spec.budget
-        have = {row.id: row.reference for row in self.store.cells(self.sweep_id)}
-        todo = [cell for cell in self.cells if not have.get(cell.cell_id)]
+        missing = self.recorder.cells_without_reference()
+        todo = [cell for cell in self.cells if cell.cell_id in missing]
         refs = [reference_task.remote(cell.target, cell.lipschitz, c.channels, c.s_first,
                                       c.s_last, c.target_seed, c.inputs, float(b.p))
                 for cell in todo]
         for cell, ref in zip(todo, ray.get(refs)):
-            self.store.set_cell_fields(cell.cell_id, reference=ref)
-            self.tracker.log_parent_metrics(cell.study_name, {
-                f"reference.{k}.err_ucb": v["err_ucb"] for k, v in ref.items()})
+            self.recorder.record_reference(cell.cell_id, cell.study_name, ref)
 
     # --- the loop ----------------------------------------------------------------
 
@@ -239,7 +194,9 @@ class Driver:
                 # keep the workers busy before the slower bookkeeping (MLflow, frontier)
                 self._fill(slots, deadline)
                 for cell, number, result, new in done:
-                    self._publish(cell, number, result, new)
+                    if new:
+                        self.recorder.publish_trial(cell.cell_id, cell.study_name, number,
+                                                    result, self.spec.eps)
                 for cell in {id(c): c for c, _, _, _ in done}.values():
                     self._refresh_frontier(cell)  # once per cell, however many finished
                 self._emit()
@@ -248,11 +205,8 @@ class Driver:
             self._cancel_inflight()
         finally:
             restore()
-        status = "interrupted" if interrupted else "completed"
-        self.store.set_sweep_status(self.sweep_id, status)
-        if not interrupted:
-            for cell in self.cells:
-                self.tracker.finish_parent(cell.study_name)
+        self.recorder.close_sweep("interrupted" if interrupted else "completed",
+                                  [c.study_name for c in self.cells])
         return SweepOutcome(
             self.spec.name, ran, recorded, time.perf_counter() - t0, compute,
             {c.study_name: c.points for c in self.cells}, interrupted,
@@ -296,34 +250,11 @@ class Driver:
             ref = population_task.options(**options).remote([e[2] for e in entries], threads, keys)
         self._inflight[ref] = entries
 
-    def _ask(self, cell: Cell, attempts: int = 6) -> optuna.Trial:
-        """study.ask, surviving a dropped connection.
-
-        ask() creates the trial, then sets its params in further calls; when
-        the connection drops in between, the half-made trial is failed (and,
-        if it was a re-queued one, queued again) before asking anew.
-        """
-        for i in range(attempts):
-            try:
-                return cell.study.ask(cell.space)
-            except (OperationalError, InterfaceError, StorageInternalError):
-                if i == attempts - 1:
-                    raise
-                time.sleep(0.2 * 2**i)
-                retry_db(lambda: self._fail_orphans(cell))
-        raise AssertionError("unreachable")
-
-    def _fail_orphans(self, cell: Cell) -> None:
-        ours = [e for entries in self._inflight.values() for e in entries]
-        ours += self._pending + self._outgoing  # asked, not sent yet: not orphans
-        mine = {t.number for c, t, _ in ours if c is cell}
-        for t in cell.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number in mine:
-                continue
-            cell.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            fixed = t.system_attrs.get("fixed_params")
-            if fixed:
-                cell.study.enqueue_trial(dict(fixed), user_attrs=dict(t.user_attrs))
+    def _ours(self, cell: Cell) -> set[int]:
+        """Trial numbers of ``cell`` this driver holds: in flight, asked, being sent."""
+        held = [e for entries in self._inflight.values() for e in entries]
+        held += self._pending + self._outgoing
+        return {t.number for c, t, _ in held if c is cell}
 
     def _collect(self, ref: ray.ObjectRef, entries) -> list[dict]:
         """The task's results, one per trial it carried (failed ones if the task died)."""
@@ -362,7 +293,7 @@ class Driver:
             self._outgoing = []
 
     def _ask_config(self, cell: Cell):
-        trial = self._ask(cell)
+        trial = self.studies.ask(cell.study, cell.space, lambda: self._ours(cell))
         cfg = trial_config(self.spec, cell.variant, cell.target, cell.lipschitz, trial.params,
                            trial_seed(self.spec, cell.study_name, trial.number))
         cell.in_flight += 1
@@ -386,70 +317,18 @@ class Driver:
     def _record(self, cell: Cell, number: int, result: dict) -> bool:
         """Store row first, then Optuna: the sampler sees the result before the next ask.
 
-        A crash after this and before ``_publish`` is settled on resume (rows
-        without an MLflow run get one, the frontier is recomputed).
+        A crash after this and before the MLflow run is logged is settled on
+        resume (rows without an MLflow run get one, the frontier is recomputed).
         """
-        new = self.store.record_trial(cell.cell_id, number, result)
+        new = self.recorder.record_trial(cell.cell_id, number, result)
         if new:
             cell.done += 1
-        self._tell(cell, number, result["status"], result.get("n_params"), result.get("err_ucb"))
+        self.studies.tell(cell.study, number, result["status"], result.get("n_params"),
+                          result.get("err_ucb"))
         return new
 
-    def _publish(self, cell: Cell, number: int, result: dict, new: bool) -> None:
-        """The MLflow child run, after the freed slot has work again."""
-        if new:
-            run_id = self._log_mlflow(cell, number, result)
-            self.store.set_trial_run_id(cell.cell_id, number, run_id)
-
-    def _tell(self, cell: Cell, number: int, status: str, n_params, err_ucb) -> None:
-        if status == "completed" and err_ucb is not None and math.isfinite(err_ucb):
-            retry_db(lambda: cell.study.tell(number, [float(n_params), float(err_ucb)],
-                                             skip_if_finished=True))
-        else:
-            retry_db(lambda: cell.study.tell(number, state=TrialState.FAIL, skip_if_finished=True))
-
-    def _settle(self, cell: Cell, number: int, params: dict, row=None) -> None:
-        """An interrupted trial: complete it from the store if its result was
-        recorded there, else fail it and queue its params again."""
-        if row is None:
-            row = next((t for t in self.store.trials(cell.cell_id) if t.number == number), None)
-        if row is not None:
-            self._tell(cell, number, row.status, row.n_params, row.err_ucb)
-        else:
-            self._requeue(cell, number, params)
-
-    def _requeue(self, cell: Cell, number: int, params: dict) -> None:
-        """Fail an interrupted trial and queue its params again (once)."""
-        retry_db(lambda: cell.study.tell(number, state=TrialState.FAIL, skip_if_finished=True))
-
-        def enqueue() -> None:  # idempotent: a retried call must not queue it twice
-            waiting = cell.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            if not any(t.user_attrs.get("requeued_from") == number for t in waiting):
-                cell.study.enqueue_trial(params, user_attrs={"requeued_from": number})
-
-        retry_db(enqueue)
-
-    def _log_mlflow(self, cell: Cell, number: int, result: dict, recovering: bool = False) -> str:
-        cfg = result.get("config") or {}
-        params = {k: v for k, v in cfg.items() if k != "eps"}
-        params["eps_grid"] = ",".join(f"{e:g}" for e in self.spec.eps)
-        metrics = {k: result.get(k) for k in ("err", "err_ucb", "rel_err", "n_params", "flops",
-                                               "steps_run", "seconds", "sec_per_step")}
-        for eps, ok in (result.get("reached") or {}).items():
-            metrics[f"reached.{eps}"] = float(ok)
-        tags = {
-            "varbench.sweep": self.spec.name, "varbench.cell": cell.study_name,
-            "git.commit": self.commit, "varbench.status": result.get("status", ""),
-            "varbench.reason": result.get("reason", ""), "varbench.db": mask_url(self.settings.db_url),
-            **self.tags,
-        }
-        return self.tracker.log_trial(cell.study_name, number, params, metrics, tags,
-                                      failed=result.get("status") != "completed",
-                                      recovering=recovering)
-
     def _refresh_frontier(self, cell: Cell) -> None:
-        cell.points = frontier(self.store.trial_points(cell.cell_id), self.spec.eps)
-        self.store.replace_frontier(cell.cell_id, cell.points)
+        cell.points = self.recorder.refresh_frontier(cell.cell_id, self.spec.eps)
 
     def _cancel_inflight(self) -> None:
         """Ctrl-C: cancel running tasks, then settle every RUNNING trial as a resume would

@@ -19,13 +19,9 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
-
-from varbench.orchestrator.store import ResultsStore
-from varbench.sweeps.frontier import TrialPoint, frontier
+from varbench.orchestrator.store import ResultsView
+from varbench.sweeps.frontier import N_BOOT, nstar_intervals
 from varbench.sweeps.scaling import ScalingFit
-
-N_BOOT = 200
 
 
 @dataclass
@@ -65,34 +61,14 @@ def _num(x: float):
     return None if math.isinf(x) else x
 
 
-def nstar_intervals(trials: list[TrialPoint], eps: list[float], n_boot: int = N_BOOT,
-                    seed: int = 0) -> dict[float, tuple[float, float]]:
-    """95% bootstrap interval of N*(ε) for one cell; inf where not reached."""
-    rng = np.random.default_rng(seed)
-    draws = {e: [] for e in eps}
-    if not trials:
-        return {e: (math.inf, math.inf) for e in eps}
-    for _ in range(n_boot):
-        sample = [trials[i] for i in rng.integers(0, len(trials), len(trials))]
-        for p in frontier(sample, eps):
-            draws[p.eps].append(p.n_star if p.reached else math.inf)
-    out = {}
-    for e, vals in draws.items():
-        arr = np.array(vals, dtype=float)
-        # no interpolation: inf (not reached) must stay inf, never inf - inf = nan
-        out[e] = (float(np.percentile(arr, 2.5, method="lower")),
-                  float(np.percentile(arr, 97.5, method="higher")))
-    return out
-
-
 def cell_key(study_name: str) -> str:
     """The study name without the sweep's own (dated) name."""
     return study_name.split(":", 1)[1]
 
 
-def compare(store: ResultsStore, prev_sweep: str | None, curr_sweep: str,
+def compare(store: ResultsView, prev_sweep: str | None, curr_sweep: str,
             prev_fits: list[ScalingFit] | None = None,
-            curr_fits: list[ScalingFit] | None = None) -> Comparison:
+            curr_fits: list[ScalingFit] | None = None, n_boot: int = N_BOOT) -> Comparison:
     comp = Comparison(prev_sweep)
     if prev_sweep is None:
         return comp
@@ -105,7 +81,8 @@ def compare(store: ResultsStore, prev_sweep: str | None, curr_sweep: str,
             continue
         prev_t = store.trial_points(prev_cells[key].id)
         curr_t = store.trial_points(c.id)
-        prev_iv, curr_iv = nstar_intervals(prev_t, eps), nstar_intervals(curr_t, eps)
+        prev_iv = nstar_intervals(prev_t, eps, n_boot)
+        curr_iv = nstar_intervals(curr_t, eps, n_boot)
         curr_max = max((t.n_params for t in curr_t if t.status == "completed"), default=0)
         for e in eps:
             p_lo, p_hi = prev_iv[e]
@@ -155,7 +132,7 @@ def today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
-def previous_night(store: ResultsStore, series: str, before_sweep: str) -> str | None:
+def previous_night(store: ResultsView, series: str, before_sweep: str) -> str | None:
     """The latest earlier nightly sweep of the same series."""
     names = [s.name for s in store.sweeps()
              if (s.tags or {}).get("nightly") == series and s.name != before_sweep]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from varbench.orchestrator.store import ResultsStore
+from varbench.orchestrator.store import ResultsView
 from varbench.workers.errors import UserError
 
 
-def frontier_rows(store: ResultsStore, sweep: str) -> list[dict]:
+def frontier_rows(store: ResultsView, sweep: str) -> list[dict]:
     """One row per (cell, ε): N* with the trial and its config, or the censored point."""
     row = store.sweep(sweep)
     if row is None:
@@ -31,7 +31,7 @@ def frontier_rows(store: ResultsStore, sweep: str) -> list[dict]:
     return out
 
 
-def sweep_status(store: ResultsStore, sweep: str | None) -> list[dict]:
+def sweep_status(store: ResultsView, sweep: str | None) -> list[dict]:
     rows = [store.sweep(sweep)] if sweep else store.sweeps()
     if sweep and rows[0] is None:
         raise UserError("SWEEP", f"no sweep named {sweep!r} in the results store")

@@ -22,8 +22,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from varbench.orchestrator.queries import frontier_rows  # noqa: E402
-from varbench.orchestrator.store import ResultsStore  # noqa: E402
-from varbench.sweeps.frontier import TrialPoint, pareto_front  # noqa: E402
+from varbench.orchestrator.store import ResultsView  # noqa: E402
+from varbench.sweeps.frontier import (  # noqa: E402
+    N_BOOT,  # noqa: E402
+    TrialPoint,
+    pareto_front,
+)
 from varbench.sweeps.scaling import CellTrials, ScalingFit, fit_scaling  # noqa: E402
 from varbench.workers.errors import UserError  # noqa: E402
 
@@ -45,7 +49,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def collect(store: ResultsStore, sweep: str):
+def collect(store: ResultsView, sweep: str):
     row = store.sweep(sweep)
     if row is None:
         raise UserError("SWEEP", f"no sweep named {sweep!r} in the results store")
@@ -54,7 +58,7 @@ def collect(store: ResultsStore, sweep: str):
     return row, cells, trials
 
 
-def scaling_fits(cells, trials, eps, n_boot: int = 300) -> list[ScalingFit]:
+def scaling_fits(cells, trials, eps, n_boot: int = N_BOOT) -> list[ScalingFit]:
     """Per (variant, target, interpolation) and pooled over interpolation."""
     groups: dict[str, list[CellTrials]] = defaultdict(list)
     for c in cells:
@@ -199,7 +203,7 @@ def plateau_notes(rows: list[dict]) -> list[str]:
     return out
 
 
-def build_report(store: ResultsStore, sweep: str, out_dir: Path, n_boot: int = 300,
+def build_report(store: ResultsView, sweep: str, out_dir: Path, n_boot: int = N_BOOT,
                  extra_md: list[str] | None = None,
                  fits: list[ScalingFit] | None = None) -> Report:
     """``fits`` may be passed when the caller already computed them (nightly)."""

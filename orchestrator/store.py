@@ -10,7 +10,6 @@ so a trial is recorded once however often it is retried.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from varbench.orchestrator.retry import retry
 from varbench.sweeps.frontier import FrontierPoint, TrialPoint
 from varbench.workers.errors import UserError
 
@@ -173,36 +173,108 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def ensure_sqlite_dir(url: str) -> None:
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for other databases and in-memory ones)."""
     u = make_url(url)
     if u.drivername.startswith("sqlite") and u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        return Path(u.database)
+    return None
 
 
-class ResultsStore:
-    """All reads and writes of varbench's own tables."""
+def ensure_sqlite_dir(url: str) -> None:
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
-    def __init__(self, url: str, retries: int = 5):
+
+class ResultsView:
+    """Reads of varbench's own tables, and nothing else: what read-only commands get.
+
+    Reads are retried like writes when the connection drops.
+    """
+
+    def __init__(self, url: str):
         self.url = url
-        ensure_sqlite_dir(url)
         self.engine = make_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self._retries = retries
 
     def check(self) -> None:
-        """Fail fast, naming the (masked) address, when the database is unreachable."""
+        """Fail fast, naming the (masked) address, when the database is unreachable.
+
+        A SQLite file that does not exist is refused, not created: a read
+        needs a store that a sweep has written.
+        """
+        path = sqlite_path(self.url)
+        if path is not None and type(self) is ResultsView and not path.exists():
+            raise UserError(str(path), "no results store here yet; run a sweep first, "
+                            "or point --workdir / --db at one")
+
         def ping() -> None:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
 
         try:
-            self._retry(ping, attempts=3)  # a dropped connection is not an unreachable server
+            retry(ping, attempts=3)  # a dropped connection is not an unreachable server
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(mask_url(self.url), f"cannot reach the results database ({first})") from None
 
+    def has_schema(self) -> bool:
+        """Whether varbench's tables exist here (read-only commands never create them)."""
+        from sqlalchemy import inspect
+
+        return retry(lambda: inspect(self.engine).has_table(SweepRow.__tablename__))
+
+    def _run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction; rerun it whole when the connection drops.
+
+        A dropped connection (server restart, pg_terminate_backend, failover)
+        rolls the transaction back, so a rerun never writes anything twice.
+        """
+        def once() -> T:
+            with self._session() as session, session.begin():
+                return work(session)
+
+        return retry(once)
+
+    def sweep(self, name: str) -> SweepRow | None:
+        return self._run(lambda s: s.scalar(select(SweepRow).where(SweepRow.name == name)))
+
+    def sweeps(self) -> list[SweepRow]:
+        return self._run(lambda s: list(s.scalars(select(SweepRow).order_by(SweepRow.id))))
+
+    def cells(self, sweep_id: int) -> list[CellRow]:
+        return self._run(lambda s: list(s.scalars(
+            select(CellRow).where(CellRow.sweep_id == sweep_id).order_by(CellRow.id))))
+
+    def trials(self, cell_id: int) -> list[TrialRow]:
+        return self._run(lambda s: list(s.scalars(
+            select(TrialRow).where(TrialRow.cell_id == cell_id).order_by(TrialRow.number))))
+
+    def trial_points(self, cell_id: int) -> list[TrialPoint]:
+        return [TrialPoint(t.number, t.n_params, t.err_ucb, t.status) for t in self.trials(cell_id)]
+
+    def frontier(self, cell_id: int) -> list[FrontierRow]:
+        return self._run(lambda s: list(s.scalars(
+            select(FrontierRow).where(FrontierRow.cell_id == cell_id)
+            .order_by(FrontierRow.eps.desc()))))
+
+    def nightly_runs(self, sweep_id: int | None = None) -> list[NightlyRow]:
+        q = select(NightlyRow).order_by(NightlyRow.id)
+        if sweep_id is not None:
+            q = q.where(NightlyRow.sweep_id == sweep_id)
+        return self._run(lambda s: list(s.scalars(q)))
+
+
+class ResultsStore(ResultsView):
+    """The writer: schema set-up and every write. Only the recorder holds one."""
+
+    def __init__(self, url: str):
+        super().__init__(url)  # refuses a malformed URL first
+        ensure_sqlite_dir(url)
+
     def migrate(self) -> None:
-        self._retry(lambda: migrate(self.engine))
+        retry(lambda: migrate(self.engine))
 
     @contextmanager
     def schema_lock(self) -> Iterator[None]:
@@ -226,7 +298,7 @@ class ResultsStore:
                 raise
             return conn
 
-        conn = self._retry(acquire)
+        conn = retry(acquire)
         try:
             yield
         finally:
@@ -236,40 +308,6 @@ class ResultsStore:
             except (OperationalError, InterfaceError):
                 pass  # the server already dropped the connection, and the lock with it
             conn.close()
-
-    def _retry(self, fn: Callable[[], T], attempts: int | None = None) -> T:
-        attempts = attempts or self._retries
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except (OperationalError, InterfaceError):
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _run(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction; rerun it whole when the connection drops.
-
-        A dropped connection (server restart, pg_terminate_backend, failover)
-        rolls the transaction back, so a rerun never writes anything twice.
-        """
-        for attempt in range(self._retries):
-            session = self._session()
-            try:
-                out = work(session)
-                session.commit()
-                return out
-            except (OperationalError, InterfaceError):
-                session.rollback()
-                if attempt == self._retries - 1:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-            finally:
-                session.close()
-        raise AssertionError("unreachable")
-
-    # --- writes (driver only) -------------------------------------------------
 
     def upsert_sweep(self, name: str, spec: dict, spec_hash: str, tags: dict | None = None) -> int:
         def work(s: Session):
@@ -359,35 +397,6 @@ class ResultsStore:
             row.regression, row.comparison = regression, _json_safe(comparison)
         return self._run(work)
 
-    # --- reads (retried like writes when the connection drops) -----------------
-
-    def sweep(self, name: str) -> SweepRow | None:
-        return self._run(lambda s: s.scalar(select(SweepRow).where(SweepRow.name == name)))
-
-    def sweeps(self) -> list[SweepRow]:
-        return self._run(lambda s: list(s.scalars(select(SweepRow).order_by(SweepRow.id))))
-
-    def cells(self, sweep_id: int) -> list[CellRow]:
-        return self._run(lambda s: list(s.scalars(
-            select(CellRow).where(CellRow.sweep_id == sweep_id).order_by(CellRow.id))))
-
-    def trials(self, cell_id: int) -> list[TrialRow]:
-        return self._run(lambda s: list(s.scalars(
-            select(TrialRow).where(TrialRow.cell_id == cell_id).order_by(TrialRow.number))))
-
-    def trial_points(self, cell_id: int) -> list[TrialPoint]:
-        return [TrialPoint(t.number, t.n_params, t.err_ucb, t.status) for t in self.trials(cell_id)]
-
-    def frontier(self, cell_id: int) -> list[FrontierRow]:
-        return self._run(lambda s: list(s.scalars(
-            select(FrontierRow).where(FrontierRow.cell_id == cell_id)
-            .order_by(FrontierRow.eps.desc()))))
-
-    def nightly_runs(self, sweep_id: int | None = None) -> list[NightlyRow]:
-        q = select(NightlyRow).order_by(NightlyRow.id)
-        if sweep_id is not None:
-            q = q.where(NightlyRow.sweep_id == sweep_id)
-        return self._run(lambda s: list(s.scalars(q)))
 
 
 def _json_safe(value):

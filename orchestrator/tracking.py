@@ -1,4 +1,4 @@
-"""MLflow tracking, written by the driver only.
+"""MLflow tracking, written through the recorder only.
 
 A parent run per study, a child run per trial (params, metrics, tags for the
 sweep, the cell and the git commit). Tracking URI ``sqlite:///`` in the work
@@ -60,7 +60,7 @@ class Tracker:
             except OSError:
                 raise UserError(mask_url(self.uri), "cannot reach the MLflow tracking server") from None
         try:
-            self.experiment_id()
+            self.client.search_experiments(max_results=1)  # a read: creates no experiment
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise UserError(mask_url(self.uri), f"cannot reach the MLflow tracking store ({first})") from None

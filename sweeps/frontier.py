@@ -7,8 +7,13 @@ the best err seen and the largest N tried, never a made-up N*.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+
+import numpy as np
+
+N_BOOT = 300  # bootstrap resamples, for every interval the project reports
 
 
 @dataclass(frozen=True)
@@ -61,3 +66,23 @@ def pareto_front(trials: Iterable[TrialPoint]) -> list[TrialPoint]:
             front.append(t)
             best = t.err_ucb
     return front
+
+
+def nstar_intervals(trials: list[TrialPoint], eps: list[float], n_boot: int = N_BOOT,
+                    seed: int = 0) -> dict[float, tuple[float, float]]:
+    """95% bootstrap interval of N*(ε) for one cell; inf where not reached."""
+    rng = np.random.default_rng(seed)
+    draws = {e: [] for e in eps}
+    if not trials:
+        return {e: (math.inf, math.inf) for e in eps}
+    for _ in range(n_boot):
+        sample = [trials[i] for i in rng.integers(0, len(trials), len(trials))]
+        for p in frontier(sample, eps):
+            draws[p.eps].append(p.n_star if p.reached else math.inf)
+    out = {}
+    for e, vals in draws.items():
+        arr = np.array(vals, dtype=float)
+        # no interpolation: inf (not reached) must stay inf, never inf - inf = nan
+        out[e] = (float(np.percentile(arr, 2.5, method="lower")),
+                  float(np.percentile(arr, 97.5, method="higher")))
+    return out

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from varbench.sweeps.frontier import TrialPoint, frontier
+from varbench.sweeps.frontier import N_BOOT, TrialPoint, frontier
 
 MIN_POINTS = 4
 HUBER_DELTA = 0.3  # in log N units: ~35% relative error before down-weighting
@@ -116,7 +116,7 @@ def fit_scaling(
     group: str,
     cells: Sequence[CellTrials],
     eps: Sequence[float],
-    n_boot: int = 300,
+    n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> ScalingFit:
     points = reached_points(cells, eps)

@@ -49,39 +49,17 @@ def trial_config(
     params: dict,
     seed: int,
 ) -> TrialConfig:
-    """Turn sampled params into a full TrialConfig (width rounded to a multiple of heads)."""
-    pick = lambda name: params.get(name, getattr(variant, name))  # noqa: E731
-    heads = int(pick("heads"))
-    width = max(heads, int(round(params["width"] / heads)) * heads)
-    c, b = spec.cells, spec.budget
-    return TrialConfig(
-        model=variant.family,
-        target=target,
-        lipschitz=float(lipschitz),
-        channels=c.channels,
-        s_first=c.s_first,
-        s_last=c.s_last,
-        inputs=c.inputs,
-        target_seed=c.target_seed,
-        width=width,
-        scales=int(params["scales"]),
-        interp=str(params["interp"]),
-        heads=heads,
-        depth=int(pick("depth")),
-        ffn_ratio=int(pick("ffn_ratio")),
-        layernorm=variant.layernorm,
-        flow_steps=int(params.get("flow_steps", 4)),
-        steps=b.steps,
-        batch_size=b.batch_size,
-        lr=float(params.get("lr", b.lr)),
-        warmup=b.warmup,
-        weight_decay=b.weight_decay,
-        grad_clip=b.grad_clip,
-        eval_every=b.eval_every,
-        n_eval=b.n_eval,
-        p=float(b.p),
-        eps=tuple(spec.eps),
-        seed=seed,
-        replicas=b.replicas,
-    )
+    """Turn sampled params into a full TrialConfig (width rounded to a multiple of heads).
 
+    The cell and the budget are TrialConfig fields by name; the variant fixes
+    what the search leaves closed; the sampled params override the rest.
+    """
+    fixed = {name: getattr(variant, name) for name in ("heads", "depth", "ffn_ratio")}
+    chosen = {**fixed, **params}
+    heads = int(chosen["heads"])
+    chosen["width"] = max(heads, int(round(params["width"] / heads)) * heads)
+    return TrialConfig(
+        model=variant.family, target=target, lipschitz=float(lipschitz),
+        **spec.cells.settings(), **spec.budget.model_dump(), layernorm=variant.layernorm,
+        **chosen, eps=tuple(spec.eps), seed=seed,
+    )

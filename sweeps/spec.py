@@ -9,28 +9,40 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from varbench.models.families import FAMILIES
-from varbench.models.inputs import INPUTS
 from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
-from varbench.models.targets import TARGETS
+
+# the same constrained types validate `varbench trial` (sweeps.fields)
+from varbench.sweeps.fields import (
+    DEFAULTS,
+    BatchSize,
+    Count0,
+    EpsGrid,
+    Family,
+    FlowSteps,
+    InputDist,
+    Interp,
+    Name,
+    NEval,
+    NonNeg,
+    PNorm,
+    PosFloat,
+    PosInt,
+    Seed,
+    Side,
+    Small,
+    TargetName,
+    Width,
+    shape_problems,
+)
 from varbench.workers.errors import UserError
 
 SAMPLERS = ("frontier", "tpe", "nsga2", "gp", "random", "grid")
-PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-PosInt = Annotated[int, Field(ge=1, le=1_000_000)]
-
-
-def known(value: str, registry, what: str) -> str:
-    """A registry name, or a ValueError that lists the known ones."""
-    if value not in registry:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(sorted(registry))}")
-    return value
 
 
 class Strict(BaseModel):
@@ -45,16 +57,11 @@ class ModelVariant(Strict):
     """
 
     name: str | None = None
-    family: str = "var"
-    heads: PosInt | list[PosInt] = 1
-    depth: PosInt | list[PosInt] = 1
-    ffn_ratio: PosInt | list[PosInt] = 4
-    layernorm: bool = False
-
-    @field_validator("family")
-    @classmethod
-    def _known_family(cls, v: str) -> str:
-        return known(v, FAMILIES, "model family")
+    family: Family = DEFAULTS.model
+    heads: Small | list[Small] = DEFAULTS.heads
+    depth: Small | list[Small] = DEFAULTS.depth
+    ffn_ratio: Small | list[Small] = DEFAULTS.ffn_ratio
+    layernorm: bool = DEFAULTS.layernorm
 
     @field_validator("heads", "depth", "ffn_ratio")
     @classmethod
@@ -70,13 +77,13 @@ class ModelVariant(Strict):
 
 class Cells(Strict):
     models: list[ModelVariant | str] = Field(min_length=1)
-    targets: list[str] = Field(min_length=1)
+    targets: list[TargetName] = Field(min_length=1)
     lipschitz: list[PosFloat] = Field(min_length=1)
-    channels: PosInt = 1
-    s_first: PosInt = 2
-    s_last: PosInt = 8
-    inputs: str = "uniform"
-    target_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    channels: Small = DEFAULTS.channels
+    s_first: Side = DEFAULTS.s_first
+    s_last: Side = DEFAULTS.s_last
+    inputs: InputDist = DEFAULTS.inputs
+    target_seed: Seed = DEFAULTS.target_seed
 
     @field_validator("models")
     @classmethod
@@ -87,44 +94,30 @@ class Cells(Strict):
             raise ValueError("model variants need distinct names")
         return out
 
-    @field_validator("targets")
-    @classmethod
-    def _known_targets(cls, v):
-        return [known(t, TARGETS, "target family") for t in v]
-
-    @field_validator("inputs")
-    @classmethod
-    def _known_inputs(cls, v):
-        return known(v, INPUTS, "input distribution")
-
     @model_validator(mode="after")
     def _sides(self):
-        if self.s_last < self.s_first:
-            raise ValueError("s_last must be >= s_first")
-        if self.s_last > 64:
-            raise ValueError("s_last above 64 is not supported (attention over >5k tokens)")
+        for field, problem in shape_problems(s_first=self.s_first, s_last=self.s_last):
+            raise ValueError(f"{field} {problem}")
         return self
+
+    def settings(self) -> dict:
+        """The TrialConfig fields a cell fixes (the rest of a cell is its key)."""
+        return self.model_dump(exclude={"models", "targets", "lipschitz"})
 
 
 class Budget(Strict):
-    steps: PosInt = 2000
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    lr: PosFloat = 1e-2
-    warmup: Annotated[int, Field(ge=0, le=1_000_000)] = 100
-    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
-    grad_clip: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
-    eval_every: PosInt = 100
-    n_eval: Annotated[int, Field(ge=2, le=10_000_000)] = 4096
-    replicas: Annotated[int, Field(ge=1, le=64)] = 1  # seeds per trial, trained together
-    p: float | Literal["inf"] = 2.0
+    """The training budget: every field is the TrialConfig field of that name."""
 
-    @field_validator("p")
-    @classmethod
-    def _p(cls, v):
-        value = float(v)
-        if not value >= 1:
-            raise ValueError("p must be >= 1 or 'inf'")
-        return value
+    steps: PosInt = DEFAULTS.steps
+    batch_size: BatchSize = DEFAULTS.batch_size
+    lr: PosFloat = DEFAULTS.lr
+    warmup: Count0 = DEFAULTS.warmup
+    weight_decay: NonNeg = DEFAULTS.weight_decay
+    grad_clip: NonNeg = DEFAULTS.grad_clip
+    eval_every: PosInt = DEFAULTS.eval_every
+    n_eval: NEval = DEFAULTS.n_eval
+    replicas: Small = DEFAULTS.replicas  # seeds per trial, trained together
+    p: PNorm = DEFAULTS.p
 
 
 class _Range(Strict):
@@ -147,24 +140,20 @@ class FloatRange(_Range):
     log: bool = True
 
 
+class WidthRange(_Range):
+    low: Width
+    high: Width
+    log: bool = True
+
+
 class SearchSpace(Strict):
-    width: IntRange = IntRange(low=4, high=256, log=True)
+    width: WidthRange = WidthRange(low=4, high=256)
     scales: IntRange | None = None  # default: 2 .. the largest K for the sides
-    interp: list[str] = Field(default_factory=lambda: sorted(INTERPOLATIONS), min_length=1)
-    flow_steps: list[PosInt] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
+    interp: list[Interp] = Field(default_factory=lambda: sorted(INTERPOLATIONS),
+                                      min_length=1)
+    flow_steps: list[FlowSteps] = Field(default_factory=lambda: [1, 2, 4, 8],
+                                              min_length=1)
     lr: FloatRange | None = None  # None: the budget's lr, not searched
-
-    @field_validator("interp")
-    @classmethod
-    def _known_interp(cls, v):
-        return [known(i, INTERPOLATIONS, "interpolation") for i in v]
-
-    @field_validator("width")
-    @classmethod
-    def _width(cls, v):
-        if v.high > 4096:
-            raise ValueError("width above 4096 is not supported")
-        return v
 
 
 class Resources(Strict):
@@ -175,27 +164,17 @@ class Resources(Strict):
 
 class SweepSpec(Strict):
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    seed: Seed = 0
     cells: Cells
-    eps: list[PosFloat] = Field(min_length=1)
+    eps: EpsGrid
     budget: Budget = Budget()
     search: SearchSpace = SearchSpace()
-    sampler: str = "frontier"
+    sampler: Name(SAMPLERS, "sampler") = "frontier"
     trials: PosInt = 20  # per study
     time_budget_s: PosFloat | None = None
     resources: Resources = Resources()
     storage: str | None = None  # results store and Optuna URL; default SQLite in the work dir
     tracking: str | None = None  # MLflow tracking URI; default SQLite in the work dir
-
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, v):
-        return known(v, SAMPLERS, "sampler")
-
-    @field_validator("eps")
-    @classmethod
-    def _eps(cls, v):
-        return sorted(set(v), reverse=True)
 
     @model_validator(mode="after")
     def _scales(self):

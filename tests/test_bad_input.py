@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from tests.conftest import TINY, assert_user_error
 from varbench.orchestrator.cli import app
 from varbench.sweeps.spec import SpecError, load_spec, parse_spec, printable
-from tests.conftest import TINY, assert_user_error
 from varbench.workers.errors import UserError
 
 BASE = yaml.safe_load(TINY.read_text())

@@ -15,12 +15,12 @@ import psycopg
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import PG_ADMIN, ROOT, TINY, tiny_spec
+from tests.test_sweep_e2e import check_sweep
 from varbench.orchestrator.driver import run_sweep
 from varbench.orchestrator.settings import resolve_settings
 from varbench.orchestrator.store import ResultsStore
 from varbench.sweeps.spec import load_spec
-from tests.conftest import PG_ADMIN, ROOT, TINY, tiny_spec
-from tests.test_sweep_e2e import check_sweep
 
 SLOW = ROOT / "tests" / "specs" / "slow.yaml"
 VARBENCH = str(Path(sys.executable).parent / "varbench")

@@ -7,10 +7,10 @@ import re
 
 from typer.testing import CliRunner
 
+from tests.conftest import TINY, tiny_spec
 from varbench.orchestrator.cli import app
 from varbench.orchestrator.store import ResultsStore
 from varbench.orchestrator.tracking import Tracker
-from tests.conftest import TINY, tiny_spec
 
 
 def test_report_from_real_sweep_embeds_plots_and_logs_artifacts(tmp_path, ray_local):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import ROOT, TINY, assert_user_error, free_port
 from varbench.orchestrator import cli
 from varbench.orchestrator.store import Base, mask_url
 from varbench.orchestrator.tracking import Tracker
-from tests.conftest import ROOT, TINY, assert_user_error, free_port
 
 SECRET = "s3cr3t-Pw-91"
 VARBENCH = str(Path(sys.executable).parent / "varbench")

@@ -4,9 +4,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.conftest import TINY, assert_user_error
 from varbench.orchestrator.cli import app
 from varbench.sweeps.spec import SpecError, load_spec, parse_spec
-from tests.conftest import TINY, assert_user_error
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from tests.conftest import TINY, assert_user_error, tiny_spec
 from varbench.orchestrator.cli import app
 from varbench.orchestrator.driver import run_sweep
 from varbench.orchestrator.settings import resolve_settings
@@ -16,7 +17,6 @@ from varbench.orchestrator.store import ResultsStore
 from varbench.orchestrator.tracking import Tracker
 from varbench.sweeps.frontier import frontier
 from varbench.sweeps.spec import load_spec
-from tests.conftest import TINY, assert_user_error, tiny_spec
 
 
 def check_sweep(spec, settings, trials_per_cell: int) -> dict[str, int]:

@@ -2,10 +2,10 @@ import json
 
 from typer.testing import CliRunner
 
+from tests.conftest import assert_user_error
 from varbench.orchestrator.cli import app
 from varbench.workers.config import TrialConfig
 from varbench.workers.trial import run_trial
-from tests.conftest import assert_user_error
 
 TINY = dict(target="mlp", lipschitz=2.0, width=8, scales=3, steps=30, eval_every=10, n_eval=256)
 

@@ -1,4 +1,11 @@
-"""Plain, JSON-serialisable trial configs and results."""
+"""Plain, JSON-serialisable trial configs and results.
+
+``TrialConfig`` is the one home of every trial setting and its default: the
+sweep spec (``sweeps.spec``), the search space and the ``varbench trial``
+options read their defaults from it, and the model's own config is derived
+from it. The architecture defaults are the theorem's model, as
+``models.var.VARConfig`` states them; they are read from there, not repeated.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from varbench.models.flowar import FLOW_SOLVER, FLOW_STEPS
+from varbench.models.metrics import DEFAULT_P
 from varbench.models.var import VARConfig
 
 DEFAULT_EPS = (0.1, 0.03, 0.01, 0.003, 0.001)
+_MODEL = VARConfig()  # the theorem's model: 1 head, 1 layer, FFN ratio 4, no LayerNorm
+MODEL_FIELDS = tuple(f.name for f in fields(VARConfig))
 
 
 @dataclass(frozen=True)
@@ -19,22 +30,22 @@ class TrialConfig:
     model: str = "var"
     target: str = "mlp"
     lipschitz: float = 1.0
-    channels: int = 1
-    s_first: int = 2
-    s_last: int = 8
+    channels: int = _MODEL.channels
+    s_first: int = _MODEL.s_first
+    s_last: int = _MODEL.s_last
     inputs: str = "uniform"
     target_seed: int = 0
     # model
-    width: int = 32
-    scales: int = 3
-    interp: str = "bicubic"
-    heads: int = 1
-    depth: int = 1
-    ffn_ratio: int = 4
-    layernorm: bool = False
-    pos: str = "sincos"
-    flow_steps: int = 4
-    flow_solver: str = "euler"
+    width: int = _MODEL.width
+    scales: int = _MODEL.scales
+    interp: str = _MODEL.interp
+    heads: int = _MODEL.heads
+    depth: int = _MODEL.depth
+    ffn_ratio: int = _MODEL.ffn_ratio
+    layernorm: bool = _MODEL.layernorm
+    pos: str = _MODEL.pos
+    flow_steps: int = FLOW_STEPS
+    flow_solver: str = FLOW_SOLVER
     # budget and optimisation
     steps: int = 2000
     batch_size: int = 64
@@ -44,28 +55,20 @@ class TrialConfig:
     grad_clip: float = 1.0
     eval_every: int = 100
     n_eval: int = 4096
-    p: float = 2.0
+    p: float = DEFAULT_P
     eps: tuple[float, ...] = DEFAULT_EPS
     seed: int = 0
     replicas: int = 1  # seeds trained together; the trial reports the best and the spread
-    backend: str = "auto"
+    backend: str = _MODEL.backend
     device: str = "auto"
 
     def var_config(self) -> VARConfig:
-        return VARConfig(
-            channels=self.channels,
-            s_first=self.s_first,
-            s_last=self.s_last,
-            scales=self.scales,
-            width=self.width,
-            heads=self.heads,
-            depth=self.depth,
-            ffn_ratio=self.ffn_ratio,
-            interp=self.interp,
-            layernorm=self.layernorm,
-            pos=self.pos,
-            backend=self.backend,
-        )
+        """The model's config: the fields the two share, by name."""
+        return VARConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
+
+    def family_options(self) -> dict:
+        """Settings a model family may take beyond its VARConfig (FlowAR's solver)."""
+        return {"flow_steps": self.flow_steps, "flow_solver": self.flow_solver}
 
     def to_dict(self) -> dict:
         d = asdict(self)

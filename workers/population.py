@@ -17,21 +17,31 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import fields
 
 import torch
 
-from varbench.models.families import build_model
 from varbench.models.inputs import sample_inputs
 from varbench.models.metrics import error_estimate
 from varbench.models.population import PopulationVAR
-from varbench.models.targets import make_target
 from varbench.workers.config import TrialConfig, TrialResult
-from varbench.workers.trial import MONITOR_SIZE, _gen, _train_one, evaluate, lr_factor, resolve_device
+from varbench.workers.training import (
+    MONITOR_SIZE,
+    build,
+    build_target,
+    finish,
+    lr_factor,
+    monitor_batch,
+    non_finite,
+    resolve_device,
+    stream,
+    train_one,
+)
 
-SHAPE_FIELDS = ("model", "target", "lipschitz", "channels", "s_first", "s_last", "inputs",
-                "target_seed", "width", "scales", "interp", "heads", "depth", "ffn_ratio",
-                "layernorm", "pos", "steps", "batch_size", "warmup", "weight_decay", "grad_clip",
-                "eval_every", "n_eval", "p", "eps", "backend", "device")
+# What may differ inside one population; every other field must be equal, so a
+# new setting is kept apart by default.
+PER_REPLICA = frozenset({"seed", "lr"})
+SHAPE_FIELDS = tuple(f.name for f in fields(TrialConfig) if f.name not in PER_REPLICA)
 
 
 def shape_key(cfg: TrialConfig) -> tuple:
@@ -46,10 +56,10 @@ def shape_key(cfg: TrialConfig) -> tuple:
 BATCH_MAX_ACTIVATIONS = 16 * 64 * 84  # width x batch x tokens of a width-16 default trial
 
 
-def batched(cfg: TrialConfig) -> bool:
+def batched(cfg: TrialConfig, max_activations: int = BATCH_MAX_ACTIVATIONS) -> bool:
     """Whether replicas of this config train faster stacked than one by one."""
     n_tokens = cfg.var_config().n_tokens
-    return cfg.model == "var" and cfg.width * cfg.batch_size * n_tokens <= BATCH_MAX_ACTIVATIONS
+    return cfg.model == "var" and cfg.width * cfg.batch_size * n_tokens <= max_activations
 
 
 class StackedAdamW:
@@ -117,45 +127,41 @@ def _clip(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Te
     return grads
 
 
-def run_population(cfgs: list[TrialConfig]) -> list[TrialResult]:
-    """Train replicas that share a shape together; one TrialResult per config, in order."""
+def run_population(cfgs: list[TrialConfig],
+                   max_activations: int = BATCH_MAX_ACTIVATIONS) -> list[TrialResult]:
+    """Train replicas that share a shape together; one TrialResult per config, in order.
+
+    ``max_activations`` is the size up to which stacking pays (``batched``);
+    larger models train one after another.
+    """
     if len({shape_key(c) for c in cfgs}) != 1:
         raise ValueError("a population needs configs that differ only in seed and lr")
-    base_cfg = cfgs[0]
-    if not batched(base_cfg) or len(cfgs) == 1:
-        return [_train_one(c) for c in cfgs]
-    device = resolve_device(base_cfg.device)
+    c0 = cfgs[0]
+    if not batched(c0, max_activations) or len(cfgs) == 1:
+        return [train_one(c) for c in cfgs]
+    device = resolve_device(c0.device)
     t0 = time.perf_counter()
-    vcfg = base_cfg.var_config()
-    models = []
-    for c in cfgs:
-        torch.manual_seed(c.seed)  # the same initialisation as the trial alone
-        models.append(build_model(c.model, vcfg).to(device))
-    n_params = models[0].num_params()
-    flops = models[0].flops_per_sample()
+    models = [build(c, device) for c in cfgs]  # each initialised as it would be alone
+    n_params, flops = models[0].num_params(), models[0].flops_per_sample()
     pop = PopulationVAR(models).to(device)
     del models
     params = dict(pop.named_parameters())
-    target = make_target(base_cfg.target, base_cfg.lipschitz, base_cfg.channels,
-                         base_cfg.s_first, base_cfg.s_last, base_cfg.target_seed).to(device)
+    target = build_target(c0, device)
     r = len(cfgs)
     opt = StackedAdamW(params, torch.tensor([c.lr for c in cfgs], device=device),
-                       base_cfg.weight_decay)
-    gens = [_gen(c.seed, "train") for c in cfgs]
-    x_mon = torch.stack([sample_inputs(c.inputs, MONITOR_SIZE, c.channels, c.s_first,
-                                       _gen(c.seed, "monitor")) for c in cfgs]).to(device)
+                       c0.weight_decay)
+    gens = [stream(c.seed, "train") for c in cfgs]
+    x_mon = torch.stack([monitor_batch(c) for c in cfgs]).to(device)
     y_mon = target(x_mon.flatten(0, 1)).unflatten(0, (r, MONITOR_SIZE))
     active = torch.ones(r, dtype=torch.bool, device=device)
     steps_run = [0] * r
     status = ["completed"] * r
     reason = [""] * r
     last_loss = [math.nan] * r
-    eps_min = min(base_cfg.eps)
-    c0 = base_cfg
+    eps_min = min(c0.eps)
     t_train = time.perf_counter()
     for step in range(1, c0.steps + 1):
-        x = torch.stack([sample_inputs(c0.inputs, c0.batch_size, c0.channels, c0.s_first, g)
-                         for g in gens]).to(device)
+        x = torch.stack([sample(c0, g) for g in gens]).to(device)
         y = target(x.flatten(0, 1)).unflatten(0, (r, c0.batch_size))
         per_replica = (pop(x) - y).pow(2).flatten(1).mean(1)  # each replica's MSE
         losses = per_replica.tolist()
@@ -165,7 +171,7 @@ def run_population(cfgs: list[TrialConfig]) -> list[TrialResult]:
             steps_run[i] = step
             last_loss[i] = losses[i]
             if not math.isfinite(losses[i]):
-                status[i], reason[i] = "failed", f"non-finite loss ({losses[i]}) at step {step}"
+                status[i], reason[i] = "failed", non_finite(losses[i], step)
                 active[i] = False
         if not bool(active.any()):
             break
@@ -191,16 +197,14 @@ def run_population(cfgs: list[TrialConfig]) -> list[TrialResult]:
                           steps_run=steps_run[i],
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
         res.sec_per_step = train_seconds / max(sum(steps_run), 1)
-        if status[i] == "completed":
-            est = evaluate(lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)
-            if math.isfinite(est.err_ucb):
-                res.err, res.err_ucb, res.rel_err = est.err, est.err_ucb, est.rel_err
-                res.reached = {repr(float(e)): est.err_ucb <= e for e in c.eps}
-            else:
-                res.status, res.reason = "failed", "non-finite evaluation error"
+        finish(res, lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)
         res.seconds = (time.perf_counter() - t0) / r
         results.append(res)
     return results
+
+
+def sample(cfg: TrialConfig, gen: torch.Generator) -> torch.Tensor:
+    return sample_inputs(cfg.inputs, cfg.batch_size, cfg.channels, cfg.s_first, gen)
 
 
 def _replica_forward(pop: PopulationVAR, x: torch.Tensor, i: int, r: int) -> torch.Tensor:

@@ -1,0 +1,69 @@
+"""`varbench doctor` as a library call: versions, GPU, and whether each address answers.
+
+Every check reads; none writes (no experiment, run or table is created).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from varbench.orchestrator.settings import Settings
+from varbench.orchestrator.store import ResultsView, mask_url, sqlite_path
+from varbench.workers.errors import UserError
+
+PACKAGES = ("torch", "ray", "optuna", "mlflow", "sqlalchemy", "typer", "pydantic")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    result: str
+    ok: bool = True
+
+
+def versions() -> list[Check]:
+    import torch
+
+    out = [Check("python", platform.python_version())]
+    for pkg in PACKAGES:
+        try:
+            out.append(Check(pkg, md.version(pkg)))
+        except md.PackageNotFoundError:
+            out.append(Check(pkg, "missing"))
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU trials)"
+    out.append(Check("GPU", gpu))
+    return out
+
+
+def _probe(name: str, fn: Callable[[], None]) -> Check:
+    try:
+        fn()
+    except UserError as exc:
+        return Check(name, f"FAILED: {exc.problem}", ok=False)
+    return Check(name, "ok")
+
+
+def reachability(settings: Settings, address: str | None = None) -> list[Check]:
+    """The results store, the MLflow store and (if given) the Ray cluster."""
+    from varbench.orchestrator.cluster import check_address
+    from varbench.orchestrator.tracking import Tracker
+
+    db = mask_url(settings.db_url)
+    path = sqlite_path(settings.db_url) if settings.db_url.startswith("sqlite") else None
+    out = [
+        Check(f"results store {db}", "ok (no store yet: the first sweep creates it)")
+        if path is not None and not path.exists() else
+        _probe(f"results store {db}", lambda: ResultsView(settings.db_url).check()),
+        _probe(f"MLflow {mask_url(settings.tracking_uri)}",
+               lambda: Tracker(settings.tracking_uri, "").check()),
+    ]
+    if address:
+        out.append(_probe(f"Ray {address}", lambda: check_address(address)))
+    return out
+
+
+def run_checks(settings: Settings, address: str | None = None) -> list[Check]:
+    return versions() + reachability(settings, address)

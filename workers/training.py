@@ -1,0 +1,158 @@
+"""What every training loop shares: random streams, schedule, device, the
+single-model loop, and the end of a trial (evaluate, finite check, ``reached``).
+
+Fresh inputs every step (f is known, so there is no generalisation gap),
+MSE/flow loss, AdamW with linear warm-up and cosine decay, gradient clipping,
+early stop once a monitor batch shows the smallest ε of the grid reached. A
+non-finite loss ends the trial as ``failed`` with that reason; it never
+raises. Same config and seed give the same result on CPU.
+
+Imports point down: trial -> population -> training -> models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from varbench.models.families import build_model
+from varbench.models.inputs import sample_inputs
+from varbench.models.metrics import (
+    ErrorEstimate,
+    error_estimate,
+    estimate_from_samples,
+    per_sample_power,
+)
+from varbench.models.targets import Target, make_target
+from varbench.workers.config import TrialConfig, TrialResult
+
+# Disjoint random streams per trial seed: training, monitoring, final eval.
+_STREAM = {"train": 1, "monitor": 2, "eval": 3}
+MONITOR_SIZE = 512
+EVAL_CHUNK = 1024
+
+
+def stream(seed: int, name: str) -> torch.Generator:
+    """The trial's generator for one purpose ("train", "monitor" or "eval")."""
+    return torch.Generator().manual_seed(1_000_003 * seed + _STREAM[name])
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_target(cfg: TrialConfig, device: torch.device) -> Target:
+    return make_target(cfg.target, cfg.lipschitz, cfg.channels, cfg.s_first, cfg.s_last,
+                       cfg.target_seed).to(device)
+
+
+def build(cfg: TrialConfig, device: torch.device) -> nn.Module:
+    """The trial's model, initialised from its seed (as alone, so as in a population)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, cfg.var_config(), **cfg.family_options()).to(device)
+
+
+def monitor_batch(cfg: TrialConfig) -> torch.Tensor:
+    """The fixed inputs whose error decides the early stop."""
+    return sample_inputs(cfg.inputs, MONITOR_SIZE, cfg.channels, cfg.s_first,
+                         stream(cfg.seed, "monitor"))
+
+
+@torch.no_grad()
+def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], target, cfg: TrialConfig,
+             device) -> ErrorEstimate:
+    """err_p with its UCB on ``cfg.n_eval`` fresh inputs from the trial's eval stream.
+
+    ``predict`` maps a batch of inputs to outputs (a model in eval mode, or
+    one replica of a population), evaluated in chunks.
+    """
+    gen = stream(cfg.seed, "eval")
+    powers, sq, count = [], 0.0, 0
+    for start in range(0, cfg.n_eval, EVAL_CHUNK):
+        m = min(EVAL_CHUNK, cfg.n_eval - start)
+        x = sample_inputs(cfg.inputs, m, cfg.channels, cfg.s_first, gen).to(device)
+        y = target(x)
+        powers.append(per_sample_power(predict(x), y, cfg.p).cpu())
+        sq += float(y.double().pow(2).sum())
+        count += y.numel()
+    return estimate_from_samples(torch.cat(powers), math.sqrt(sq / count), cfg.p)
+
+
+def finish(result: TrialResult, predict: Callable[[torch.Tensor], torch.Tensor], target,
+           cfg: TrialConfig, device) -> TrialResult:
+    """The end of every trial: a completed one is evaluated, and fails if that is not finite."""
+    if result.status != "completed":
+        return result
+    est = evaluate(predict, target, cfg, device)
+    if not math.isfinite(est.err_ucb):
+        result.status, result.reason = "failed", "non-finite evaluation error"
+        return result
+    result.err, result.err_ucb, result.rel_err = est.err, est.err_ucb, est.rel_err
+    result.reached = {repr(float(e)): est.err_ucb <= e for e in cfg.eps}
+    return result
+
+
+def non_finite(loss: float, step: int) -> str:
+    return f"non-finite loss ({loss}) at step {step}"
+
+
+def train_one(cfg: TrialConfig) -> TrialResult:
+    """One model, one seed: the plain loop every faster path must match."""
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    model = build(cfg, device)
+    target = build_target(cfg, device)
+    result = TrialResult(status="completed", n_params=model.num_params(),
+                         flops=model.flops_per_sample(), width=cfg.width, device=str(device),
+                         config=cfg.to_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
+    train_gen = stream(cfg.seed, "train")
+    x_mon = monitor_batch(cfg).to(device)
+    y_mon = target(x_mon)
+    eps_min = min(cfg.eps)
+    loss_val = float("nan")
+    step = 0
+    t_train = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        x = sample_inputs(cfg.inputs, cfg.batch_size, cfg.channels, cfg.s_first, train_gen)
+        x = x.to(device)
+        loss = model.training_loss(x, target(x))
+        loss_val = loss.item()
+        if not math.isfinite(loss_val):
+            result.status, result.reason = "failed", non_finite(loss_val, step)
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if step % cfg.eval_every == 0:
+            model.eval()
+            with torch.no_grad():
+                mon = error_estimate(model(x_mon), y_mon, cfg.p)
+            model.train()
+            if mon.err_ucb <= eps_min:
+                break
+    result.steps_run = step
+    result.sec_per_step = (time.perf_counter() - t_train) / max(step, 1)
+    result.final_loss = loss_val if math.isfinite(loss_val) else None
+    model.eval()
+    finish(result, model, target, cfg, device)
+    result.seconds = time.perf_counter() - t0
+    return result
