@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from varbench.models.var import Backbone, Pyramid, VARConfig, _init_weights, backbone_flops
+from varbench.models.var import Backbone, Pyramid, VARConfig, init_weights, backbone_flops
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = ("euler", "heun")
@@ -91,7 +91,7 @@ class FlowAR(nn.Module):
         self.pyramid = Pyramid(cfg)
         self.backbone = Backbone(cfg)
         self.head = VelocityHead(cfg)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.zeros_(self.head.out.weight)
         nn.init.zeros_(self.head.out.bias)
 

@@ -193,7 +193,7 @@ class VAR(nn.Module):
         self.backbone = Backbone(cfg)
         self.readout = nn.Linear(cfg.width, cfg.channels)
         self.gain = nn.Parameter(torch.zeros(()))
-        self.apply(_init_weights)
+        self.apply(init_weights)
         # Start as the zero map: the readout learns from the first step and
         # the gain alone can represent the one-step interpolation target.
         nn.init.zeros_(self.readout.weight)
@@ -218,7 +218,7 @@ class VAR(nn.Module):
         return var_flops(self.cfg)
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
     """One place for initialisation (nanoGPT style)."""
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -73,6 +73,15 @@ def scaling_fits(cells, trials, eps, n_boot: int = N_BOOT) -> list[ScalingFit]:
     return [fit_scaling(name, cts, eps, n_boot=n_boot) for name, cts in sorted(groups.items())]
 
 
+def _loglog(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 7) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=legend_size)
+
+
 def plot_err_vs_n(cells, trials, eps) -> str:
     n = len(cells)
     cols = min(3, n)
@@ -94,12 +103,7 @@ def plot_err_vs_n(cells, trials, eps) -> str:
         ref = (c.reference or {}).get("affine", {}).get("err_ucb")
         if ref:
             ax.axhline(ref, color="tab:red", lw=0.9, ls="--", label="best affine")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"{c.variant} {c.target} L={c.lipschitz:g}", fontsize=9)
-        ax.set_xlabel("N (parameters)")
-        ax.set_ylabel("err_ucb")
-        ax.legend(fontsize=6)
+        _loglog(ax, "N (parameters)", "err_ucb", f"{c.variant} {c.target} L={c.lipschitz:g}", 6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     return _png(fig)
@@ -122,12 +126,7 @@ def plot_nstar_vs_eps(fits: list[ScalingFit]) -> str | None:
                 es = sorted({p[0] for p in pts})
                 line = [math.exp(f.a + (f.beta or 0) * math.log(L) - f.gamma * math.log(e)) for e in es]
                 ax.plot(es, line, "-", color=color, lw=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("ε")
-        ax.set_ylabel("N*")
-        ax.set_title(f.group, fontsize=9)
-        ax.legend(fontsize=7)
+        _loglog(ax, "ε", "N*", f.group)
     return _png(fig)
 
 
@@ -144,12 +143,7 @@ def plot_family_compare(rows: list[dict]) -> str | None:
             if pts:
                 pts.sort()
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=var)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"{tgt} L={L:g}", fontsize=9)
-        ax.set_xlabel("ε")
-        ax.set_ylabel("N*")
-        ax.legend(fontsize=7)
+        _loglog(ax, "ε", "N*", f"{tgt} L={L:g}")
     return _png(fig)
 
 
