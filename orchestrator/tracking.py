@@ -39,11 +39,19 @@ def git_commit(cwd: str | Path | None = None) -> str:
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._client: MlflowClient | None = None
         self.experiment = experiment
         self.artifact_root = artifact_root
         self._exp_id: str | None = None
         self._parents: dict[str, str] = {}
+
+    @property
+    def client(self) -> MlflowClient:
+        """Made on first use: a local MLflow store is created when its client is, so
+        nothing is written before the checks that come first have passed."""
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     def check(self) -> None:
         """Fail fast, naming the (masked) URI, when the tracking store is unreachable.
