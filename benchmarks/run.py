@@ -45,8 +45,6 @@ def machine() -> str:
 
 
 def population_vs_plain(r: int = 8) -> list[str]:
-    import varbench.workers.population as pop_mod
-
     rows = ["| width | plain loop (model-steps/s) | population R=8 as run | stacked (forced) | ratio as run | ratio stacked |",
             "|---|---|---|---|---|---|"]
     for w in (8, 32, 128):
@@ -56,13 +54,8 @@ def population_vs_plain(r: int = 8) -> list[str]:
         run_trial(cfgs[0])  # warm-up
         plain = sum(run_trial(c).sec_per_step for c in cfgs[:3]) / 3
         as_run = run_population(cfgs)[0].sec_per_step
-        saved = pop_mod.BATCH_MAX_ACTIVATIONS
-        pop_mod.BATCH_MAX_ACTIVATIONS = 1 << 62
-        try:
-            run_population(cfgs[:2])
-            stacked = run_population(cfgs)[0].sec_per_step
-        finally:
-            pop_mod.BATCH_MAX_ACTIVATIONS = saved
+        run_population(cfgs[:2], max_activations=1 << 62)  # warm-up, stacked
+        stacked = run_population(cfgs, max_activations=1 << 62)[0].sec_per_step
         rows.append(f"| {w} | {1 / plain:.1f} | {1 / as_run:.1f}{' (stacked)' if batched(cfgs[0]) else ' (one by one)'} "
                     f"| {1 / stacked:.1f} | {plain / as_run:.2f} | {plain / stacked:.2f} |")
     return rows

@@ -2,23 +2,77 @@
 
 ``reference`` is the definition (matmul, softmax, matmul). ``sdpa`` calls
 PyTorch's fused ``scaled_dot_product_attention`` with a boolean mask. ``flex``
-calls ``flex_attention`` with a block mask built from the scale ids: the fused,
-block-sparse kernel GPU workers run. ``auto`` picks ``flex`` on CUDA and
-``sdpa`` on CPU (measured fastest there, see benchmarks/).
+calls ``flex_attention`` with a block mask built from the scale ids: the
+fused, block-sparse kernel. ``auto`` picks per device and shape from measured
+figures, all in one table here (``MEASURED``, rule in ``choose_backend``).
 
-PyTorch 2.13 has no flex backward on CPU, so ``flex`` on CPU is forward-only;
-asking it for gradients there raises a clear error.
+flex needs a head dimension of at least 16 on CUDA: narrower heads are padded
+with zeros (the softmax scale stays that of the true dimension), which gives
+the same output. PyTorch 2.13 has no flex backward on CPU, so ``flex`` on CPU
+is forward-only; asking it for gradients there raises a clear error.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("reference", "sdpa", "flex", "auto")
+FLEX_MIN_HEAD_DIM = 16  # flex's kernels refuse narrower heads on CUDA: pad to this
+TIE = 1.10  # a backend within 10% of the fastest counts as equally fast
+PREFERENCE = ("sdpa", "reference", "flex")  # among equals: no compilation first
+
+
+@dataclass(frozen=True)
+class Measured:
+    """fwd+bwd milliseconds of each backend at one shape (batch 64 unless noted)."""
+
+    device: str  # "cpu" or "cuda"
+    tokens: int
+    head_dim: int
+    ms: dict[str, float]
+    source: str
+
+
+# Every figure ``auto`` decides from; add rows from `make bench` / `make bench-gpu`.
+MEASURED: tuple[Measured, ...] = (
+    Measured("cpu", 84, 64, {"reference": 1.25, "sdpa": 0.89},
+             "make bench, 2-core Xeon, torch 2.13 CPU, batch 16"),
+    Measured("cpu", 340, 256, {"reference": 25.4, "sdpa": 28.6},
+             "make bench, 2-core Xeon, torch 2.13 CPU, batch 16"),
+    Measured("cuda", 85, 64, {"reference": 0.73, "sdpa": 0.42, "flex": 2.2},
+             "issue 11, H200, torch 2.11+cu130"),
+)
+
+
+def choose_backend(device: str, head_dim: int, tokens: int,
+                   table: tuple[Measured, ...] = MEASURED) -> str:
+    """The backend ``auto`` runs: the fastest at the nearest measured shape.
+
+    Nearest is in log(tokens) and log(head_dim) on the same device kind.
+    Backends within ``TIE`` of the fastest count as equal and ``PREFERENCE``
+    breaks the tie, so ``auto`` never runs a backend measured more than 10%
+    slower than another, and pays flex's compilation only for a real gain. A
+    device kind with no figures gets ``sdpa``, which runs everywhere.
+    """
+    near, dist = None, math.inf  # plain loops: torch.compile traces this without a break
+    for m in table:
+        if m.device != device:
+            continue
+        d = math.log(m.tokens / tokens) ** 2 + math.log(m.head_dim / head_dim) ** 2
+        if d < dist:
+            near, dist = m, d
+    if near is None:
+        return "sdpa"
+    best = min(near.ms.values())
+    for name in PREFERENCE:
+        if name in near.ms and near.ms[name] <= best * TIE:
+            return name
+    raise AssertionError("unreachable: the fastest backend is within TIE of itself")
 
 
 def block_causal_mask(scale_ids: torch.Tensor) -> torch.Tensor:
@@ -74,31 +128,43 @@ def _flex(q, k, v, mask, scale_ids):
     if not torch.is_grad_enabled():  # flex refuses CPU tensors that merely require grad
         q, k, v = q.detach(), k.detach(), v.detach()
     fn = _compiled_flex() if q.device.type == "cuda" else flex_attention
-    return fn(q, k, v, block_mask=flex_block_mask(scale_ids))
+    d = q.shape[-1]
+    if d >= FLEX_MIN_HEAD_DIM:
+        return fn(q, k, v, block_mask=flex_block_mask(scale_ids))
+    pad = (0, FLEX_MIN_HEAD_DIM - d)  # zero columns add nothing to q·k or to the output
+    out = fn(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), block_mask=flex_block_mask(scale_ids),
+             scale=1.0 / math.sqrt(d))
+    return out[..., :d]
 
 
 _COMPILED: list = []
 
 
 def _compiled_flex():
-    """flex_attention is only fused when compiled; compile once per process."""
+    """flex_attention is only fused when compiled; compile once per process.
+
+    ``dynamic=None`` (torch's automatic dynamic shapes): the first change of a
+    size (batch, width) recompiles once with that size symbolic, instead of
+    once per width as ``dynamic=False`` did.
+    """
     if not _COMPILED:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _COMPILED.append(torch.compile(flex_attention, dynamic=False))
+        _COMPILED.append(torch.compile(flex_attention, dynamic=None))
     return _COMPILED[0]
 
 
 _IMPLS: dict[str, Callable] = {"reference": _reference, "sdpa": _sdpa, "flex": _flex}
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """Turn ``auto`` into a concrete backend for ``device``."""
+def resolve_backend(backend: str, device: torch.device | str, head_dim: int,
+                    tokens: int) -> str:
+    """Turn ``auto`` into a concrete backend for ``device`` and the attention's shape."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; known: {list(BACKENDS)}")
     if backend != "auto":
         return backend
-    return "flex" if torch.device(device).type == "cuda" else "sdpa"
+    return choose_backend(torch.device(device).type, head_dim, tokens)
 
 
 def attention(
@@ -114,7 +180,7 @@ def attention(
     ``mask`` may be passed precomputed (``block_causal_mask(scale_ids)``) to
     save rebuilding it every call.
     """
-    name = resolve_backend(backend, q.device)
+    name = resolve_backend(backend, q.device, q.shape[-1], q.shape[-2])
     if mask is None and name != "flex":
         mask = block_causal_mask(scale_ids)
     return _IMPLS[name](q, k, v, mask, scale_ids)

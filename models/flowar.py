@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from varbench.models.var import Backbone, Pyramid, VARConfig, init_weights, backbone_flops
+from varbench.models.var import Backbone, Pyramid, VARConfig, backbone_flops, init_weights
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = ("euler", "heun")

@@ -109,7 +109,8 @@ class PopulationVAR(nn.Module):
         tokens, last = self.pyramid(x.reshape(r * b, *x.shape[2:]))  # (R*B, T, c), (R*B, c, sK²)
         ids = self.pyramid.scale_ids
         t = ids.shape[0]
-        mask = None if resolve_backend(self.cfg.backend, x.device) == "flex" else block_causal_mask(ids)
+        flex = resolve_backend(self.cfg.backend, x.device, self.cfg.head_dim, t) == "flex"
+        mask = None if flex else block_causal_mask(ids)
         h = self.embed(tokens.reshape(r, b * t, c)).view(r, b, t, -1)
         h = (h + (self.level[:, ids] + self.pos).unsqueeze(1)).reshape(r, b * t, -1)
         for block in self.blocks:

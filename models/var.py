@@ -53,6 +53,10 @@ class VARConfig:
         return scale_schedule(self.s_first, self.s_last, self.scales)
 
     @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
     def n_tokens(self) -> int:
         return sum(s * s for s in self.sides)
 
@@ -175,7 +179,8 @@ class Backbone(nn.Module):
     def forward(self, tokens: torch.Tensor, scale_ids: torch.Tensor) -> torch.Tensor:
         """Hidden states for a token sequence, or for a prefix of whole scales."""
         mask = None
-        if resolve_backend(self.cfg.backend, tokens.device) != "flex":
+        if resolve_backend(self.cfg.backend, tokens.device, self.cfg.head_dim,
+                           tokens.shape[1]) != "flex":
             mask = block_causal_mask(scale_ids)
         h = self.embed(tokens) + self.level(scale_ids) + self.pos[: tokens.shape[1]]
         for block in self.blocks:

@@ -36,11 +36,10 @@ from varbench.sweeps.frontier import FrontierPoint
 from varbench.sweeps.space import search_space, trial_config, trial_seed
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
-from varbench.workers.population import batched, shape_key
+from varbench.workers.population import batched, population_size, shape_key
 from varbench.workers.remote import FAULT_VARS, population_task, reference_task, trial_task
 
 log = logging.getLogger("varbench.driver")
-PACK_MAX = 4  # trials of one small shape trained together in one worker call
 
 
 @dataclass
@@ -97,6 +96,8 @@ class Driver:
         self._outgoing: list[tuple[Cell, optuna.Trial, TrialConfig]] = []  # being sent
         self._stop = False  # set by Ctrl-C
         self._checked = False
+        # where the trials train: one population task per GPU when the spec asks for GPUs
+        self.device_type = "cuda" if spec.resources.gpus > 0 else "cpu"
 
     # --- set-up ----------------------------------------------------------------
 
@@ -284,7 +285,8 @@ class Driver:
             self._outgoing, self._pending = self._pending[:free], self._pending[free:]
             groups: dict[tuple, list] = {}
             for cell, trial, cfg in self._outgoing:
-                key = shape_key(cfg) if batched(cfg) else ("alone", cell.cell_id, trial.number)
+                key = (shape_key(cfg) if batched(cfg, self.device_type)
+                       else ("alone", cell.cell_id, trial.number))
                 groups.setdefault(key, []).append((cell, trial, cfg))
             for key, entries in groups.items():
                 if key[0] != "alone":
@@ -306,7 +308,8 @@ class Driver:
         is lost; the sampler sees those trials as running meanwhile.
         """
         cell = entries[0][0]
-        while len(entries) < PACK_MAX and cell.done + cell.in_flight < self.spec.trials:
+        limit = population_size(entries[0][2], self.device_type)
+        while len(entries) < limit and cell.done + cell.in_flight < self.spec.trials:
             entry = self._ask_config(cell)
             if shape_key(entry[2]) != key:
                 self._pending.append(entry)

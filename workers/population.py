@@ -24,6 +24,7 @@ import torch
 from varbench.models.inputs import sample_inputs
 from varbench.models.metrics import error_estimate
 from varbench.models.population import PopulationVAR
+from varbench.models.var import var_params
 from varbench.workers.config import TrialConfig, TrialResult
 from varbench.workers.training import (
     MONITOR_SIZE,
@@ -49,17 +50,48 @@ def shape_key(cfg: TrialConfig) -> tuple:
     return tuple(getattr(cfg, f) for f in SHAPE_FIELDS)
 
 
-# Batch replicas only while a model is small enough that per-step overhead
-# dominates: measured on the 2-core CI machine (benchmarks/run.py), R = 8
-# batched replicas ran 1.6x the plain loop at width 8 but 0.7x at width 32,
-# where the GEMMs are large enough to run well alone and batching adds copies.
+# On CPU, batch replicas only while a model is small enough that per-step
+# overhead dominates: measured on the 2-core CI machine (benchmarks/run.py),
+# R = 8 batched replicas ran 1.6x the plain loop at width 8 but 0.7x at width
+# 32, where the GEMMs are large enough to run well alone and batching adds
+# copies. On a GPU every step is launch-bound (issue 11, H200: R = 32 stacked
+# ran 361-663x the plain loop at widths 8-128), so replicas stack at every
+# width that fits in memory.
 BATCH_MAX_ACTIVATIONS = 16 * 64 * 84  # width x batch x tokens of a width-16 default trial
+CPU_PACK = 4  # replicas per population on CPU (per worker call)
+GPU_PACK = 64  # most replicas per population on a GPU
+GPU_MEMORY_SHARE = 0.5  # of the free device memory a population may plan to use
+ASSUMED_GPU_FREE = 24 << 30  # what the driver plans with; the worker splits to the real figure
 
 
-def batched(cfg: TrialConfig, max_activations: int = BATCH_MAX_ACTIVATIONS) -> bool:
-    """Whether replicas of this config train faster stacked than one by one."""
-    n_tokens = cfg.var_config().n_tokens
-    return cfg.model == "var" and cfg.width * cfg.batch_size * n_tokens <= max_activations
+def batched(cfg: TrialConfig, device_type: str = "cpu",
+            max_activations: int = BATCH_MAX_ACTIVATIONS) -> bool:
+    """Whether replicas of this config train faster stacked than one by one on a device."""
+    if cfg.model != "var":
+        return False
+    if device_type == "cuda":
+        return True
+    return cfg.width * cfg.batch_size * cfg.var_config().n_tokens <= max_activations
+
+
+def replica_bytes(cfg: TrialConfig) -> int:
+    """Training memory of one replica (fp32), an upper estimate: weights, gradients
+    and two Adam moments, plus the activations a step keeps for backward
+    (projections, FFN, attention probabilities) and the batch itself."""
+    vcfg = cfg.var_config()
+    t, d = vcfg.n_tokens, cfg.width
+    per_token = cfg.depth * (d * (8 + 2 * cfg.ffn_ratio) + 2 * cfg.heads * t) + 2 * d
+    return 4 * (4 * var_params(vcfg) + cfg.batch_size * t * per_token)
+
+
+def population_size(cfg: TrialConfig, device_type: str, free_bytes: int | None = None) -> int:
+    """How many replicas of ``cfg`` one population trains at once on this device kind."""
+    if not batched(cfg, device_type):
+        return 1
+    if device_type != "cuda":
+        return CPU_PACK
+    free = ASSUMED_GPU_FREE if free_bytes is None else free_bytes
+    return max(1, min(GPU_PACK, int(GPU_MEMORY_SHARE * free) // replica_bytes(cfg)))
 
 
 class StackedAdamW:
@@ -137,9 +169,20 @@ def run_population(cfgs: list[TrialConfig],
     if len({shape_key(c) for c in cfgs}) != 1:
         raise ValueError("a population needs configs that differ only in seed and lr")
     c0 = cfgs[0]
-    if not batched(c0, max_activations) or len(cfgs) == 1:
-        return [train_one(c) for c in cfgs]
     device = resolve_device(c0.device)
+    if not batched(c0, device.type, max_activations) or len(cfgs) == 1:
+        return [train_one(c) for c in cfgs]
+    if device.type == "cuda":  # as many at once as the device's free memory allows
+        size = population_size(c0, "cuda", torch.cuda.mem_get_info(device)[0])
+        if len(cfgs) > size:
+            return [r for k in range(0, len(cfgs), size)
+                    for r in _train_stacked(cfgs[k:k + size], device)]
+    return _train_stacked(cfgs, device)
+
+
+def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialResult]:
+    """One population: R models of one shape, one step loop."""
+    c0 = cfgs[0]
     t0 = time.perf_counter()
     models = [build(c, device) for c in cfgs]  # each initialised as it would be alone
     n_params, flops = models[0].num_params(), models[0].flops_per_sample()
