@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.peer --spec sweeps/quick.yaml
 
 # on a GPU machine; runs from an uninstalled checkout too (torch only)
 bench-gpu:
