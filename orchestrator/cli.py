@@ -188,7 +188,7 @@ def trial(
         print(json.dumps(result.to_dict(), indent=2))
     else:
         _print_trial(result)
-    if result.status != "completed":
+    if result.status == "failed":
         raise typer.Exit(1)
 
 

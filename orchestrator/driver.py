@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import optuna
 import ray
@@ -32,12 +32,13 @@ from varbench.orchestrator import cluster
 from varbench.orchestrator.recorder import Recorder
 from varbench.orchestrator.settings import Settings
 from varbench.orchestrator.studies import Studies, study_name
-from varbench.sweeps.frontier import FrontierPoint
+from varbench.sweeps.frontier import FrontierPoint, bar_for
 from varbench.sweeps.space import search_space, trial_config, trial_seed
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 from varbench.workers.population import batched, population_size, shape_key
 from varbench.workers.remote import FAULT_VARS, population_task, reference_task, trial_task
+from varbench.workers.training import param_count
 
 log = logging.getLogger("varbench.driver")
 
@@ -96,6 +97,7 @@ class Driver:
         self._outgoing: list[tuple[Cell, optuna.Trial, TrialConfig]] = []  # being sent
         self._stop = False  # set by Ctrl-C
         self._checked = False
+        self._sizes: dict[tuple, int] = {}  # N per shape, for the bars
         # where the trials train: one population task per GPU when the spec asks for GPUs
         self.device_type = "cuda" if spec.resources.gpus > 0 else "cpu"
 
@@ -291,8 +293,18 @@ class Driver:
             for key, entries in groups.items():
                 if key[0] != "alone":
                     self._top_up(key, entries)
-                self._submit([(c, t, cfg.to_dict()) for c, t, cfg in entries])
+                self._submit([(c, t, self._with_bar(c, cfg).to_dict()) for c, t, cfg in entries])
             self._outgoing = []
+
+    def _with_bar(self, cell: Cell, cfg: TrialConfig) -> TrialConfig:
+        """The trial with the error it must beat to move the cell's frontier, as the
+        frontier stands now (workers.stopping); no bar when the spec turns pruning off."""
+        if not cfg.prune:
+            return cfg
+        key = shape_key(cfg)
+        if key not in self._sizes:
+            self._sizes[key] = param_count(cfg)
+        return replace(cfg, bar=bar_for(cell.points, self._sizes[key]))
 
     def _ask_config(self, cell: Cell):
         trial = self.studies.ask(cell.study, cell.space, lambda: self._ours(cell))

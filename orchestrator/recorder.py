@@ -21,7 +21,7 @@ from varbench.sweeps.spec import ModelVariant, SweepSpec
 
 T = TypeVar("T")
 TRIAL_METRICS = ("err", "err_ucb", "rel_err", "n_params", "flops", "steps_run", "seconds",
-                 "sec_per_step")
+                 "sec_per_step", "monitor_err")
 
 
 def experiment_name(sweep: str) -> str:
@@ -103,7 +103,7 @@ class Recorder:
             "varbench.db": mask_url(self.settings.db_url), **self.tags,
         }
         run_id = self.tracker.log_trial(study, number, params, metrics, tags,
-                                        failed=result.get("status") != "completed",
+                                        failed=result.get("status") == "failed",
                                         recovering=recovering)
         self.store.set_trial_run_id(cell_id, number, run_id)
 

@@ -60,10 +60,12 @@ class Studies:
                      on_retry=lambda: retry(lambda: self.fail_orphans(study, ours())))
 
     def tell(self, study: optuna.Study, number: int, status: str, n_params, err_ucb) -> None:
-        """A completed trial's two objectives, or FAIL for anything else."""
+        """A completed trial's two objectives, PRUNED for a pruned one, FAIL otherwise."""
         if status == "completed" and err_ucb is not None and math.isfinite(err_ucb):
             retry(lambda: study.tell(number, [float(n_params), float(err_ucb)],
                                      skip_if_finished=True))
+        elif status == "pruned":
+            retry(lambda: study.tell(number, state=TrialState.PRUNED, skip_if_finished=True))
         else:
             retry(lambda: study.tell(number, state=TrialState.FAIL, skip_if_finished=True))
 

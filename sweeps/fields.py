@@ -113,6 +113,7 @@ TYPES: dict[str, Any] = {
     "eps": EpsGrid,
     "seed": Seed,
     "replicas": Small,
+    "bar": Annotated[float, Field(ge=0, allow_inf_nan=False)] | None,
     "backend": Name(BACKENDS, "attention backend"),
     "device": Annotated[str, AfterValidator(_device)],
 }

@@ -54,6 +54,20 @@ def frontier(trials: Iterable[TrialPoint], eps_grid: Iterable[float]) -> list[Fr
     return points
 
 
+def bar_for(points: list[FrontierPoint], n_params: int) -> float | None:
+    """The error a trial of ``n_params`` must beat to move the frontier.
+
+    That is the largest ε that no finished trial of the same or smaller size
+    has reached (reaching it would set a new N*); 0.0 when such trials
+    reached every ε (nothing this trial reaches can matter); None while no
+    trial has finished (no bar yet).
+    """
+    if not points or points[0].n_trials == 0:
+        return None
+    open_eps = [p.eps for p in points if not (p.reached and p.n_star <= n_params)]
+    return max(open_eps, default=0.0)
+
+
 def pareto_front(trials: Iterable[TrialPoint]) -> list[TrialPoint]:
     """Completed trials not dominated in (N, err_ucb), sorted by N."""
     done = sorted(

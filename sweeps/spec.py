@@ -117,6 +117,7 @@ class Budget(Strict):
     eval_every: PosInt = DEFAULTS.eval_every
     n_eval: NEval = DEFAULTS.n_eval
     replicas: Small = DEFAULTS.replicas  # seeds per trial, trained together
+    prune: bool = DEFAULTS.prune  # stop trials that can no longer move the frontier
     p: PNorm = DEFAULTS.p
 
 

@@ -59,6 +59,8 @@ class TrialConfig:
     eps: tuple[float, ...] = DEFAULT_EPS
     seed: int = 0
     replicas: int = 1  # seeds trained together; the trial reports the best and the spread
+    prune: bool = True  # stop a trial that can no longer move the frontier (workers.stopping)
+    bar: float | None = None  # the error it must beat to matter; the driver sets it
     backend: str = _MODEL.backend
     device: str = "auto"
 
@@ -96,7 +98,7 @@ class TrialConfig:
 class TrialResult:
     """What a worker returns; the driver records it."""
 
-    status: str  # "completed" or "failed"
+    status: str  # "completed", "failed", or "pruned" (stopped: could not move the frontier)
     reason: str = ""
     err: float | None = None
     err_ucb: float | None = None
@@ -112,6 +114,8 @@ class TrialResult:
     device: str = "cpu"
     replica_err_ucb: list[float | None] = field(default_factory=list)
     population: int = 1  # how many models trained together in the step loop
+    monitor_err: float | None = None  # the last monitor err_ucb (what a pruned trial reached)
+    pruned_at: int | None = None  # step the stopping rule fired (also when only observed)
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

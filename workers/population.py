@@ -26,6 +26,7 @@ from varbench.models.metrics import error_estimate
 from varbench.models.population import PopulationVAR
 from varbench.models.var import var_params
 from varbench.workers.config import TrialConfig, TrialResult
+from varbench.workers.stopping import StopRule
 from varbench.workers.training import (
     MONITOR_SIZE,
     build,
@@ -41,12 +42,12 @@ from varbench.workers.training import (
 
 # What may differ inside one population; every other field must be equal, so a
 # new setting is kept apart by default.
-PER_REPLICA = frozenset({"seed", "lr"})
+PER_REPLICA = frozenset({"seed", "lr", "bar"})
 SHAPE_FIELDS = tuple(f.name for f in fields(TrialConfig) if f.name not in PER_REPLICA)
 
 
 def shape_key(cfg: TrialConfig) -> tuple:
-    """Configs with equal keys can share one population (they differ in seed and lr only)."""
+    """Configs with equal keys can share one population (they differ in seed, lr, bar only)."""
     return tuple(getattr(cfg, f) for f in SHAPE_FIELDS)
 
 
@@ -167,7 +168,7 @@ def run_population(cfgs: list[TrialConfig],
     larger models train one after another.
     """
     if len({shape_key(c) for c in cfgs}) != 1:
-        raise ValueError("a population needs configs that differ only in seed and lr")
+        raise ValueError("a population needs configs that differ only in seed, lr and bar")
     c0 = cfgs[0]
     device = resolve_device(c0.device)
     if not batched(c0, device.type, max_activations) or len(cfgs) == 1:
@@ -202,6 +203,8 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
     reason = [""] * r
     last_loss = [math.nan] * r
     eps_min = min(c0.eps)
+    rules = [StopRule(c.bar, c.steps, c.eval_every) for c in cfgs]
+    monitor: list[float | None] = [None] * r
     t_train = time.perf_counter()
     for step in range(1, c0.steps + 1):
         x = torch.stack([sample(c0, g) for g in gens]).to(device)
@@ -228,8 +231,14 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
             with torch.no_grad():
                 pred = pop(x_mon)
             for i in range(r):
-                if active[i] and error_estimate(pred[i], y_mon[i], c0.p).err_ucb <= eps_min:
+                if not active[i]:
+                    continue
+                monitor[i] = error_estimate(pred[i], y_mon[i], c0.p).err_ucb
+                if monitor[i] <= eps_min:
                     active[i] = False  # early stop, exactly as alone
+                elif rules[i].check(step, monitor[i]) and cfgs[i].prune:
+                    status[i], reason[i] = "pruned", rules[i].reason
+                    active[i] = False
             if not bool(active.any()):
                 break
     train_seconds = time.perf_counter() - t_train
@@ -237,7 +246,8 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
     for i, c in enumerate(cfgs):
         res = TrialResult(status=status[i], reason=reason[i], n_params=n_params, flops=flops,
                           width=c.width, device=str(device), config=c.to_dict(), population=r,
-                          steps_run=steps_run[i],
+                          steps_run=steps_run[i], monitor_err=monitor[i],
+                          pruned_at=rules[i].fired_at,
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
         res.sec_per_step = train_seconds / max(sum(steps_run), 1)
         finish(res, lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)

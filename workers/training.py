@@ -29,6 +29,7 @@ from varbench.models.metrics import (
 )
 from varbench.models.targets import Target, make_target
 from varbench.workers.config import TrialConfig, TrialResult
+from varbench.workers.stopping import StopRule
 
 # Disjoint random streams per trial seed: training, monitoring, final eval.
 _STREAM = {"train": 1, "monitor": 2, "eval": 3}
@@ -64,6 +65,12 @@ def build(cfg: TrialConfig, device: torch.device) -> nn.Module:
     """The trial's model, initialised from its seed (as alone, so as in a population)."""
     torch.manual_seed(cfg.seed)
     return build_model(cfg.model, cfg.var_config(), **cfg.family_options()).to(device)
+
+
+def param_count(cfg: TrialConfig) -> int:
+    """N for a config without training it (the driver sizes bars with it): the model
+    is built on the CPU (milliseconds; interpolation matrices are cached)."""
+    return build_model(cfg.model, cfg.var_config(), **cfg.family_options()).num_params()
 
 
 def monitor_batch(cfg: TrialConfig) -> torch.Tensor:
@@ -127,6 +134,7 @@ def train_one(cfg: TrialConfig) -> TrialResult:
     x_mon = monitor_batch(cfg).to(device)
     y_mon = target(x_mon)
     eps_min = min(cfg.eps)
+    rule = StopRule(cfg.bar, cfg.steps, cfg.eval_every)
     loss_val = float("nan")
     step = 0
     t_train = time.perf_counter()
@@ -149,8 +157,13 @@ def train_one(cfg: TrialConfig) -> TrialResult:
             with torch.no_grad():
                 mon = error_estimate(model(x_mon), y_mon, cfg.p)
             model.train()
+            result.monitor_err = mon.err_ucb
             if mon.err_ucb <= eps_min:
                 break
+            if rule.check(step, mon.err_ucb) and cfg.prune:
+                result.status, result.reason = "pruned", rule.reason
+                break
+    result.pruned_at = rule.fired_at
     result.steps_run = step
     result.sec_per_step = (time.perf_counter() - t_train) / max(step, 1)
     result.final_loss = loss_val if math.isfinite(loss_val) else None

@@ -1,0 +1,83 @@
+"""Frontier-aware stopping: a trial that can no longer move the frontier stops as
+`pruned` (not failed), is told to Optuna as PRUNED, and counts as not reached."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from varbench.orchestrator.studies import DIRECTIONS, Studies
+from varbench.sweeps.frontier import FrontierPoint, TrialPoint, bar_for, frontier
+from varbench.workers.config import TrialConfig
+from varbench.workers.population import run_population
+from varbench.workers.stopping import MARGIN, START, StopRule
+from varbench.workers.trial import run_trial
+
+
+def test_rule_waits_for_30pct_of_the_budget_and_needs_a_bar():
+    rule = StopRule(bar=0.01, steps=1000, eval_every=100)
+    assert not any(rule.check(s, 1.0) for s in (100, 200))  # flat and far above, but early
+    assert rule.check(300, 1.0)  # 30%: flat at 100x the bar -> fires
+    assert rule.fired_at == 300 and "bar 0.01" in rule.reason
+    assert not rule.check(400, 1.0)  # fires once
+    no_bar = StopRule(bar=None, steps=1000, eval_every=100)
+    assert not any(no_bar.check(s, 1.0) for s in range(100, 1001, 100))
+    assert START == 0.3 and MARGIN == 1.5
+
+
+def test_rule_spares_a_trial_that_is_falling_fast_enough_or_is_near_the_bar():
+    falling = StopRule(bar=0.01, steps=1000, eval_every=100)
+    errs = [0.4, 0.2, 0.1, 0.05]  # halving per evaluation: 0.05 * 0.5**7 < 0.01 by the end
+    assert not any(falling.check(100 * (i + 1), e) for i, e in enumerate(errs))
+    near = StopRule(bar=0.01, steps=1000, eval_every=100)
+    assert not any(near.check(100 * (i + 1), 0.014) for i in range(10))  # below 1.5 x bar
+
+
+def test_bar_is_the_largest_eps_no_smaller_trial_reached():
+    trials = [TrialPoint(0, 100, 0.08, "completed"), TrialPoint(1, 500, 0.04, "completed")]
+    points = frontier(trials, [0.1, 0.05, 0.03])
+    assert bar_for(points, 50) == 0.1  # nothing this small finished: every ε is open
+    assert bar_for(points, 200) == 0.05  # 0.1 is taken by N=100
+    assert bar_for(points, 800) == 0.03  # 0.1 and 0.05 are taken
+    done = frontier([TrialPoint(0, 100, 0.01, "completed")], [0.1, 0.05])
+    assert bar_for(done, 200) == 0.0  # a smaller trial reached every ε: cannot matter
+    assert bar_for(frontier([], [0.1]), 10) is None
+    assert bar_for([FrontierPoint(0.1, False, None, None, None, None, 0)], 10) is None
+
+
+def _quick(**kw) -> TrialConfig:
+    return TrialConfig(width=8, steps=100, eval_every=10, n_eval=128, eps=(0.1, 1e-6), **kw)
+
+
+def test_trial_given_an_unreachable_bar_stops_early_as_pruned():
+    res = run_trial(_quick(bar=1e-6))
+    assert res.status == "pruned", res.reason
+    assert res.steps_run == res.pruned_at == 30  # the first check at 30% of 100 steps
+    assert res.err_ucb is None and not res.reached  # counts as reaching no ε
+    assert res.monitor_err is not None and res.monitor_err > MARGIN * 1e-6
+    assert "bar" in res.reason
+
+
+def test_with_pruning_off_the_rule_is_only_observed():
+    res = run_trial(_quick(bar=1e-6, prune=False))
+    assert res.status == "completed" and res.steps_run == 100
+    assert res.pruned_at == 30  # where it would have stopped: measured, not acted on
+
+
+def test_population_prunes_per_replica():
+    cfgs = [_quick(seed=0, bar=1e-6), _quick(seed=1, bar=None)]
+    a, b = run_population(cfgs)
+    assert (a.status, b.status) == ("pruned", "completed")
+    assert a.steps_run == 30 and b.steps_run == 100 and a.population == 2
+
+
+@pytest.mark.parametrize("status,state", [("pruned", TrialState.PRUNED),
+                                          ("failed", TrialState.FAIL),
+                                          ("completed", TrialState.COMPLETE)])
+def test_optuna_hears_pruned_as_pruned(tmp_path, status, state):
+    studies = Studies(f"sqlite:///{tmp_path / 'o.db'}")
+    study = optuna.create_study(storage=studies.storage, directions=DIRECTIONS)
+    trial = study.ask()
+    studies.tell(study, trial.number, status, 100, 0.05 if status == "completed" else None)
+    assert study.trials[0].state == state
