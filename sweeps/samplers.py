@@ -6,11 +6,17 @@ yet reached, or reached but not tight, it probes sizes between the largest
 failing and the smallest reaching width (a bisection in log width, one per
 ε, hardest ε first). Settings other than width are copied from the trial that
 bounds the interval, or, with probability ``explore``, left to random
-sampling. When every ε is tight or censored it samples at random.
+sampling. Once an ε's interval is tight, the categorical settings (K,
+interpolation, ...) not yet tried at its largest failing width are tried
+there, one combination a trial: at the boundary they move N* too. When every
+ε is tight and enumerated, or censored, it samples at random, never repeating
+a configuration already run. Pruned trials count as tried sizes that reached
+no ε.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -64,6 +70,8 @@ class FrontierSampler(BaseSampler):
         trials = study.get_trials(deepcopy=False)
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
         pending = [t for t in trials if t.state == TrialState.RUNNING and self._size in t.params]
+        # a pruned trial was stopped above every ε it could still matter for: a failing size
+        pending += [t for t in trials if t.state == TrialState.PRUNED and self._size in t.params]
         if len(done) + len(pending) < self._n_startup:
             i = len(done) + len(pending)
             frac = (i + 0.5) / self._n_startup
@@ -71,8 +79,12 @@ class FrontierSampler(BaseSampler):
             return {self._size: int(min(max(w, dist.low), dist.high))}
         probe = self._probe(done, pending, dist)
         if probe is None:
-            return {}
+            probe = self._boundary(done, pending, search_space)
+        if probe is None:
+            return self._novel(trials, search_space, study, trial)
         width, template = probe
+        if isinstance(template, dict):  # a categorical combination to try at the boundary
+            return {self._size: width, **template}
         params: dict[str, Any] = {self._size: width}
         if template is not None and self._rng.rand() >= self._explore:
             for name, value in template.params.items():
@@ -111,6 +123,44 @@ class FrontierSampler(BaseSampler):
                 return cand, top
         return None
 
+    def _categoricals(self, space: dict[str, BaseDistribution]) -> list[str]:
+        return sorted(n for n, d in space.items() if n != self._size
+                      and isinstance(d, (optuna.distributions.CategoricalDistribution,
+                                         IntDistribution)) and _n_values(d) <= 16)
+
+    def _boundary(self, done, pending, space: dict[str, BaseDistribution]):
+        """An untried categorical combination at an ε's largest failing width."""
+        names = self._categoricals(space)
+        if not names:
+            return None
+        size = self._size
+        tried = {(t.params.get(size), *(t.params.get(n) for n in names)) for t in done + pending}
+        for eps in self._eps:
+            reach = [t for t in done if t.values[1] <= eps]
+            if not reach:
+                continue
+            w_r = min(t.params[size] for t in reach)
+            below = [t.params[size] for t in done + pending if t.params[size] < w_r]
+            if not below:
+                continue
+            w = max(below)
+            for combo in itertools.product(*(_values(space[n]) for n in names)):
+                if (w, *combo) not in tried:
+                    return w, dict(zip(names, combo))
+        return None
+
+    def _novel(self, trials, space: dict[str, BaseDistribution], study: Study,
+               trial: FrozenTrial, attempts: int = 50) -> dict[str, Any]:
+        """Random parameters for every setting, not equal to any trial's so far."""
+        seen = {tuple(sorted(t.params.items())) for t in trials if t.params}
+        params: dict[str, Any] = {}
+        for _ in range(attempts):
+            params = {n: self._random.sample_independent(study, trial, n, d)
+                      for n, d in space.items()}
+            if tuple(sorted(params.items())) not in seen:
+                return params
+        return params  # the space is (nearly) exhausted: a repeat is all there is
+
     def sample_independent(
         self,
         study: Study,
@@ -119,6 +169,18 @@ class FrontierSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+
+def _values(d: BaseDistribution) -> list:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return list(d.choices)
+    return list(range(d.low, d.high + 1, d.step or 1))
+
+
+def _n_values(d: BaseDistribution) -> int:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return len(d.choices)
+    return (d.high - d.low) // (d.step or 1) + 1
 
 
 def grid_values(space: dict[str, BaseDistribution]) -> dict[str, list]:

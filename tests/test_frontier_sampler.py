@@ -60,3 +60,52 @@ def test_frontier_sampler_with_only_running_trials_past_startup():
     widths = [t.params["width"] for t in running]
     assert all(4 <= w <= 64 for w in widths)
     assert len(set(widths[3:])) == len(widths[3:])  # past start-up: no repeats while running
+
+
+def _synthetic(trial) -> tuple[float, float]:
+    """N grows with width (and K); error falls with width, bicubic beats bilinear."""
+    w, k, interp = trial.params["width"], trial.params["scales"], trial.params["interp"]
+    return float(100 * w + k), (1.0 / w) * (1.0 if interp == "bicubic" else 1.3) * (1 + 0.1 * k)
+
+
+def _space():
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    return {"width": IntDistribution(4, 40, log=True), "scales": IntDistribution(2, 3),
+            "interp": CategoricalDistribution(["bicubic", "bilinear"])}
+
+
+def test_frontier_sampler_never_repeats_a_config():
+    import optuna
+
+    space = _space()
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=FrontierSampler([0.1, 0.05, 0.03], seed=3))
+    seen = []
+    for _ in range(60):
+        t = study.ask(space)
+        seen.append(tuple(sorted(t.params.items())))
+        study.tell(t, _synthetic(t))
+    assert len(seen) == len(set(seen))
+
+
+def test_frontier_sampler_enumerates_combinations_at_the_boundary_and_counts_pruned():
+    import optuna
+    from optuna.trial import TrialState
+
+    space = _space()
+    sampler = FrontierSampler([0.05], seed=0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    for i in range(40):
+        t = study.ask(space)
+        if i == 3:  # a pruned trial: a tried size that reached nothing
+            study.tell(t, state=TrialState.PRUNED)
+            continue
+        study.tell(t, _synthetic(t))
+    pruned = study.trials[3].params
+    assert [t.params for t in study.trials].count(pruned) == 1  # never asked again
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    w_star = min(t.params["width"] for t in done if t.values[1] <= 0.05)
+    lo = max(t.params["width"] for t in done if t.params["width"] < w_star)
+    combos = {(t.params["scales"], t.params["interp"]) for t in done if t.params["width"] == lo}
+    assert combos == {(2, "bicubic"), (2, "bilinear"), (3, "bicubic"), (3, "bilinear")}
