@@ -14,6 +14,8 @@ from optuna.distributions import (
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 
+OPENABLE = ("heads", "depth", "ffn_ratio", "layernorm")  # fixed by a value, searched by a list
+
 
 def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistribution]:
     """Distributions for one study: width, K, interpolation, and what the spec opens."""
@@ -28,7 +30,7 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
         space["flow_steps"] = CategoricalDistribution(list(s.flow_steps))
     if s.lr is not None:
         space["lr"] = FloatDistribution(s.lr.low, s.lr.high, log=s.lr.log)
-    for name in ("heads", "depth", "ffn_ratio"):
+    for name in OPENABLE:
         value = getattr(variant, name)
         if isinstance(value, list):
             space[name] = CategoricalDistribution(list(value))
@@ -54,12 +56,11 @@ def trial_config(
     The cell and the budget are TrialConfig fields by name; the variant fixes
     what the search leaves closed; the sampled params override the rest.
     """
-    fixed = {name: getattr(variant, name) for name in ("heads", "depth", "ffn_ratio")}
+    fixed = {name: getattr(variant, name) for name in OPENABLE}
     chosen = {**fixed, **params}
     heads = int(chosen["heads"])
     chosen["width"] = max(heads, int(round(params["width"] / heads)) * heads)
     return TrialConfig(
         model=variant.family, target=target, lipschitz=float(lipschitz),
-        **spec.cells.settings(), **spec.budget.model_dump(), layernorm=variant.layernorm,
-        **chosen, eps=tuple(spec.eps), seed=seed,
+        **spec.cells.settings(), **spec.budget.model_dump(), **chosen, eps=tuple(spec.eps), seed=seed,
     )

@@ -61,9 +61,9 @@ class ModelVariant(Strict):
     heads: Small | list[Small] = DEFAULTS.heads
     depth: Small | list[Small] = DEFAULTS.depth
     ffn_ratio: Small | list[Small] = DEFAULTS.ffn_ratio
-    layernorm: bool = DEFAULTS.layernorm
+    layernorm: bool | list[bool] = DEFAULTS.layernorm
 
-    @field_validator("heads", "depth", "ffn_ratio")
+    @field_validator("heads", "depth", "ffn_ratio", "layernorm")
     @classmethod
     def _non_empty(cls, v):
         if isinstance(v, list) and not v:

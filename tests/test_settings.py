@@ -119,3 +119,18 @@ def test_command_boundary_is_the_only_error_handler():
             "nightly"} <= names
     for c in cli.app.registered_commands:
         assert getattr(c.callback, "__wrapped__", None) is not None, c.callback.__name__
+
+
+def test_an_open_form_searches_heads_depth_and_layernorm():
+    from varbench.sweeps.space import search_space, trial_config
+
+    spec = parse_spec({"name": "open", "eps": [0.1], "cells": {
+        "models": [{"name": "var-open", "family": "var", "heads": [1, 4], "depth": [1, 2],
+                    "layernorm": [False, True]}], "targets": ["mlp"], "lipschitz": [1.0]}})
+    variant = spec.cells.models[0]
+    space = search_space(spec, variant)
+    assert {"heads", "depth", "layernorm"} <= set(space)
+    assert "ffn_ratio" not in space  # fixed by a value
+    cfg = trial_config(spec, variant, "mlp", 1.0, {"width": 10, "scales": 2, "interp": "area",
+                                                   "heads": 4, "depth": 2, "layernorm": True}, 7)
+    assert (cfg.heads, cfg.depth, cfg.layernorm, cfg.width, cfg.ffn_ratio) == (4, 2, True, 8, 4)
