@@ -118,8 +118,13 @@ class TrialResult:
     pruned_at: int | None = None  # step the stopping rule fired (also when only observed)
     config: dict = field(default_factory=dict)
 
+    # a paused trial's state (workers.training.train_one); bytes, never in the stores
+    checkpoint: bytes | None = field(default=None, repr=False)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("checkpoint")
+        return d
 
     @property
     def spread(self) -> float | None:

@@ -12,6 +12,7 @@ Imports point down: trial -> population -> training -> models.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable
@@ -117,8 +118,16 @@ def non_finite(loss: float, step: int) -> str:
     return f"non-finite loss ({loss}) at step {step}"
 
 
-def train_one(cfg: TrialConfig) -> TrialResult:
-    """One model, one seed: the plain loop every faster path must match."""
+def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
+              pause_at: int | None = None) -> TrialResult:
+    """One model, one seed: the plain loop every faster path must match.
+
+    ``pause_at`` stops after that many steps of the ``cfg.steps`` schedule and
+    returns the result so far, evaluated, with a checkpoint (model, optimizer,
+    schedule, random streams, monitor history) in ``result.checkpoint``;
+    ``resume`` continues from such a checkpoint. A run paused and resumed ends
+    where the uninterrupted run ends (multi-fidelity continues trials this way).
+    """
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     model = build(cfg, device)
@@ -136,9 +145,13 @@ def train_one(cfg: TrialConfig) -> TrialResult:
     eps_min = min(cfg.eps)
     rule = StopRule(cfg.bar, cfg.steps, cfg.eval_every)
     loss_val = float("nan")
-    step = 0
+    start = 0
+    if resume is not None:
+        start, loss_val = _restore(resume, model, opt, sched, train_gen, rule)
+    step = start
+    last = min(cfg.steps, pause_at) if pause_at is not None else cfg.steps
     t_train = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    for step in range(start + 1, last + 1):
         x = sample_inputs(cfg.inputs, cfg.batch_size, cfg.channels, cfg.s_first, train_gen)
         x = x.to(device)
         loss = model.training_loss(x, target(x))
@@ -163,11 +176,40 @@ def train_one(cfg: TrialConfig) -> TrialResult:
             if rule.check(step, mon.err_ucb) and cfg.prune:
                 result.status, result.reason = "pruned", rule.reason
                 break
+    else:  # the budget (or the pause) ran out without an early stop
+        if result.status == "completed" and step < cfg.steps:
+            result.checkpoint = _snapshot(step, loss_val, model, opt, sched, train_gen, rule)
     result.pruned_at = rule.fired_at
     result.steps_run = step
-    result.sec_per_step = (time.perf_counter() - t_train) / max(step, 1)
+    result.sec_per_step = (time.perf_counter() - t_train) / max(step - start, 1)
     result.final_loss = loss_val if math.isfinite(loss_val) else None
     model.eval()
     finish(result, model, target, cfg, device)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _snapshot(step: int, loss: float, model, opt, sched, gen: torch.Generator,
+              rule: StopRule) -> bytes:
+    """Everything a paused trial needs to go on exactly where it stopped."""
+    buf = io.BytesIO()
+    torch.save({"step": step, "loss": loss, "model": model.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "monitor": list(rule.history)}, buf)
+    return buf.getvalue()
+
+
+def _restore(blob: bytes, model, opt, sched, gen: torch.Generator,
+             rule: StopRule) -> tuple[int, float]:
+    state = torch.load(io.BytesIO(blob), weights_only=True)  # tensors and plain data only
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    rule.history = list(state["monitor"])
+    return int(state["step"]), float(state["loss"])
