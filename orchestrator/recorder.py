@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from varbench.orchestrator.lease import Lease
 from varbench.orchestrator.settings import Settings
-from varbench.orchestrator.store import ResultsStore, TrialRow, mask_url
+from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url
 from varbench.orchestrator.tracking import Tracker, git_commit
 from varbench.sweeps.frontier import FrontierPoint, frontier
 from varbench.sweeps.spec import ModelVariant, SweepSpec
@@ -40,6 +41,7 @@ class Recorder:
                                artifact_root=settings.artifact_root)
         self.commit = git_commit()
         self.sweep_id: int | None = None
+        self.lease: Lease | None = None
 
     def check(self) -> None:
         """Both stores reachable, before anything is written."""
@@ -54,6 +56,23 @@ class Recorder:
         with self.store.schema_lock():
             self.store.migrate()
             return also()
+
+    def take_lease(self, wait: bool = False, on_wait: Callable[[Holder], None] | None = None,
+                   cancelled: Callable[[], bool] = lambda: False) -> None:
+        """This driver's lease on the sweep (see ``lease``): before any other write
+        to the sweep, after the schema exists."""
+        lease = Lease(self.store, self.sweep)
+        lease.acquire(wait=wait, on_wait=on_wait, cancelled=cancelled)
+        self.lease = lease
+
+    def lease_lost(self) -> str | None:
+        """Who took the sweep over, if our heartbeat found it taken."""
+        return None if self.lease is None else self.lease.lost
+
+    def release_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def open_sweep(self, spec: SweepSpec) -> int:
         """Record the sweep, once (a changed spec under the same name is refused)."""

@@ -10,9 +10,12 @@ so a trial is recorded once however often it is retried.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +34,7 @@ from sqlalchemy import (
     delete,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
@@ -44,6 +48,7 @@ T = TypeVar("T")
 
 VERSION_TABLE = "varbench_alembic_version"
 SCHEMA_LOCK = 7270731  # pg_advisory_lock key for schema set-up
+LEASE_LOCK = 7270732  # pg_advisory_xact_lock namespace for sweep leases (keyed by name)
 
 
 def now() -> datetime:
@@ -113,6 +118,60 @@ class FrontierRow(Base):
     best_err: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_n_tried: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     n_trials: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LeaseRow(Base):
+    """Who runs a sweep now: one row per sweep while a driver holds it."""
+
+    __tablename__ = "vb_leases"
+    sweep: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A lease as read: enough to name the driver that holds it."""
+
+    owner: str
+    host: str
+    pid: int
+    heartbeat_at: datetime
+    expires_at: datetime
+
+    def describe(self, at: datetime | None = None) -> str:
+        at = at or now()
+        beat = max(0.0, (at - self.heartbeat_at).total_seconds())
+        left = (self.expires_at - at).total_seconds()
+        return (f"driver pid {self.pid} on {self.host} (heartbeat {beat:.0f} s ago, "
+                f"lease expires in {max(0.0, left):.0f} s)")
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite returns naive datetimes; every lease time is UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _holder(row: LeaseRow) -> Holder:
+    return Holder(row.owner, row.host, row.pid, _aware(row.heartbeat_at), _aware(row.expires_at))
+
+
+def _pid_gone(host: str, pid: int) -> bool:
+    """A holder on this host whose process no longer exists (a SIGKILLed driver):
+    its lease is dead without waiting for the expiry."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class NightlyRow(Base):
@@ -259,6 +318,11 @@ class ResultsView:
             select(FrontierRow).where(FrontierRow.cell_id == cell_id)
             .order_by(FrontierRow.eps.desc()))))
 
+    def lease(self, sweep: str) -> Holder | None:
+        """Who holds the sweep's lease, if anyone (expired or not)."""
+        row = self._run(lambda s: s.get(LeaseRow, sweep))
+        return None if row is None else _holder(row)
+
     def nightly_runs(self, sweep_id: int | None = None) -> list[NightlyRow]:
         q = select(NightlyRow).order_by(NightlyRow.id)
         if sweep_id is not None:
@@ -281,9 +345,17 @@ class ResultsStore(ResultsView):
         """Serialise schema set-up across drivers (a PostgreSQL advisory lock).
 
         Two sweeps starting at once on an empty database would otherwise both
-        create the same tables. SQLite has a single writer and needs none. A
-        connection that dies while holding the lock releases it with it.
+        create the same tables. On SQLite a file lock beside the database does
+        the same (its DDL is not transactional across Optuna's and ours). A
+        connection or process that dies while holding the lock releases it.
         """
+        path = sqlite_path(self.url)
+        if path is not None:
+            from filelock import FileLock
+
+            with FileLock(str(path) + ".lock"):
+                yield
+            return
         if self.engine.dialect.name != "postgresql":
             yield
             return
@@ -308,6 +380,87 @@ class ResultsStore(ResultsView):
             except (OperationalError, InterfaceError):
                 pass  # the server already dropped the connection, and the lock with it
             conn.close()
+
+    # --- the sweep lease: one driver per sweep ------------------------------------
+
+    def _lease_engine(self) -> Engine:
+        """SQLite: a second engine whose transactions start with BEGIN IMMEDIATE, so the
+        read-decide-write of a lease holds the database's write lock throughout
+        (SQLAlchemy's recipe for pysqlite). PostgreSQL: the main engine, with a
+        transaction-scoped advisory lock per sweep taken in ``_locked``."""
+        if self.engine.dialect.name != "sqlite":
+            return self.engine
+        if getattr(self, "_lease_eng", None) is None:
+            eng = create_engine(self.url, connect_args={"timeout": 30}, future=True)
+
+            @event.listens_for(eng, "connect")
+            def _autocommit(dbapi_conn, _):  # pragma: no cover - trivial
+                dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+
+            @event.listens_for(eng, "begin")
+            def _immediate(conn):  # pragma: no cover - trivial
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+            self._lease_eng = eng
+        return self._lease_eng
+
+    def _locked(self, sweep: str, work: Callable[[Session], T]) -> T:
+        """``work`` in one transaction that no other driver's lease call can interleave."""
+        engine = self._lease_engine()
+
+        def once() -> T:
+            with Session(engine, expire_on_commit=False) as s, s.begin():
+                if engine.dialect.name == "postgresql":
+                    s.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:k))"),
+                              {"ns": LEASE_LOCK, "k": sweep})
+                return work(s)
+
+        return retry(once)
+
+    def take_lease(self, sweep: str, owner: str, ttl_s: float) -> Holder | None:
+        """Take (or renew) the sweep's lease for ``owner``, atomically.
+
+        Returns None when ``owner`` now holds it, or the live holder when
+        another driver does. A lease is free when it is absent, expired, or
+        held by a process on this host that no longer exists.
+        """
+        def work(s: Session) -> Holder | None:
+            t = now()
+            row = s.get(LeaseRow, sweep)
+            if row is not None and row.owner != owner:
+                held = _holder(row)
+                if held.expires_at > t and not _pid_gone(held.host, held.pid):
+                    return held
+                s.delete(row)
+                s.flush()
+                row = None
+            if row is None:
+                s.add(LeaseRow(sweep=sweep, owner=owner, host=socket.gethostname(),
+                               pid=os.getpid(), acquired_at=t, heartbeat_at=t,
+                               expires_at=t + timedelta(seconds=ttl_s)))
+            else:
+                row.heartbeat_at, row.expires_at = t, t + timedelta(seconds=ttl_s)
+            return None
+        return self._locked(sweep, work)
+
+    def renew_lease(self, sweep: str, owner: str, ttl_s: float) -> bool:
+        """The heartbeat: extend our lease; False when it is no longer ours (it
+        expired and another driver took it)."""
+        def work(s: Session) -> bool:
+            row = s.get(LeaseRow, sweep)
+            if row is None or row.owner != owner:
+                return False
+            t = now()
+            row.heartbeat_at, row.expires_at = t, t + timedelta(seconds=ttl_s)
+            return True
+        return self._locked(sweep, work)
+
+    def release_lease(self, sweep: str, owner: str) -> None:
+        def work(s: Session) -> None:
+            row = s.get(LeaseRow, sweep)
+            if row is not None and row.owner == owner:
+                s.delete(row)
+        self._locked(sweep, work)
 
     def upsert_sweep(self, name: str, spec: dict, spec_hash: str, tags: dict | None = None) -> int:
         def work(s: Session):
