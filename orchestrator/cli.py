@@ -77,16 +77,20 @@ def _root() -> None:
 
 def fail(exc: Exception) -> NoReturn:
     """Turn a user error into one line (per spec problem) and exit 2, a failed run into exit 1."""
+    from varbench.sweeps.redact import mask_url
     from varbench.sweeps.spec import SpecError
+
+    def say(line: str) -> None:  # a URL quoted in an error keeps its password masked
+        typer.echo(mask_url(" ".join(line.split())), err=True)
 
     if isinstance(exc, SpecError):
         for line in exc.lines():
-            typer.echo(f"error: {line}", err=True)
+            say(f"error: {line}")
         raise typer.Exit(2)
     if isinstance(exc, UserError):
-        typer.echo(f"error: {exc}", err=True)
+        say(f"error: {exc}")
         raise typer.Exit(2)
-    typer.echo(f"run failed: {exc}", err=True)
+    say(f"run failed: {exc}")
     raise typer.Exit(1)
 
 
@@ -533,9 +537,10 @@ def nightly(
 
 
 def main() -> None:
-    from varbench.orchestrator.submit import use_token_if_given
+    from varbench.orchestrator.submit import load_shipped_secrets, use_token_if_given
 
     use_token_if_given()  # before Ray is imported: it reads the auth mode once
+    load_shipped_secrets()  # in a submitted job: credentials from the shipped file
     app()
 
 

@@ -77,7 +77,7 @@ class Recorder:
     def open_sweep(self, spec: SweepSpec) -> int:
         """Record the sweep, once (a changed spec under the same name is refused)."""
         self.sweep_id = self.store.upsert_sweep(
-            spec.name, spec.model_dump(mode="json"), spec.spec_hash(),
+            spec.name, spec.redacted(), spec.spec_hash(),
             {"commit": self.commit, **self.tags})
         return self.sweep_id
 

@@ -42,6 +42,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from varbench.orchestrator.retry import retry
 from varbench.sweeps.frontier import FrontierPoint, TrialPoint
+from varbench.sweeps.redact import mask_url  # noqa: F401 - the one masker, re-exported
 from varbench.workers.errors import UserError
 
 T = TypeVar("T")
@@ -183,17 +184,6 @@ class NightlyRow(Base):
     regression: Mapped[bool] = mapped_column(Boolean, default=False)
     comparison: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
-
-
-def mask_url(url: str) -> str:
-    """A database or tracking URL with any password replaced by ***."""
-    try:
-        u = make_url(url)
-    except Exception:
-        return url
-    if u.password is None:
-        return url
-    return u.render_as_string(hide_password=True)
 
 
 def _migrations_dir() -> str:

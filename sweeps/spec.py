@@ -40,6 +40,7 @@ from varbench.sweeps.fields import (
     Width,
     shape_problems,
 )
+from varbench.sweeps.redact import mask_url
 from varbench.workers.errors import UserError
 
 SAMPLERS = ("frontier", "tpe", "nsga2", "gp", "random", "grid")
@@ -192,10 +193,19 @@ class SweepSpec(Strict):
             return 2, min(k_max, 4)
         return max(self.search.scales.low, 1), self.search.scales.high
 
+    def redacted(self, **dump) -> dict:
+        """The spec as JSON data with credentials masked: what is stored and hashed."""
+        data = self.model_dump(mode="json", **dump)
+        for key in ("storage", "tracking"):
+            if data.get(key):
+                data[key] = mask_url(data[key])
+        return data
+
     def spec_hash(self) -> str:
         """Hash of what the spec says (defaults left out, so a new optional field
-        in a later varbench does not orphan existing sweeps)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+        in a later varbench does not orphan existing sweeps; passwords masked, so
+        a rotated one does not make the same sweep "changed")."""
+        blob = json.dumps(self.redacted(exclude_defaults=True), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def cell_keys(self) -> list[tuple[ModelVariant, str, float]]:
