@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from varbench.orchestrator.lease import Lease
-from varbench.orchestrator.settings import Settings
-from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url
+from varbench.orchestrator.settings import Settings, check_workdir
+from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url, sqlite_path
 from varbench.orchestrator.tracking import Tracker, git_commit
 from varbench.sweeps.frontier import FrontierPoint, frontier
 from varbench.sweeps.spec import ModelVariant, SweepSpec
@@ -27,6 +27,15 @@ TRIAL_METRICS = ("err", "err_ucb", "rel_err", "n_params", "flops", "steps_run", 
 
 def experiment_name(sweep: str) -> str:
     return f"varbench/{sweep}"
+
+
+def _creates_file(url: str) -> bool:
+    """Whether checking ``url`` creates it: a local SQLite file not there yet."""
+    try:
+        path = sqlite_path(url) if url.startswith("sqlite") else None
+    except Exception:  # noqa: BLE001 - malformed: its own check refuses it
+        return False
+    return path is not None and not path.exists()
 
 
 class Recorder:
@@ -44,9 +53,14 @@ class Recorder:
         self.lease: Lease | None = None
 
     def check(self) -> None:
-        """Both stores reachable, before anything is written."""
-        self.store.check()
-        self.tracker.check()
+        """The work directory usable and both stores reachable, before anything is
+        written: a store that is a local SQLite file (which its check creates) is
+        checked last, so a bad server address leaves no file behind."""
+        checks = [(self.settings.db_url, self.store.check),
+                  (self.settings.tracking_uri, self.tracker.check)]
+        check_workdir(self.settings.workdir)  # artifacts and the default stores live there
+        for _, check in sorted(checks, key=lambda c: _creates_file(c[0])):
+            check()
 
     # --- a sweep's start -------------------------------------------------------
 

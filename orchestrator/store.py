@@ -202,13 +202,15 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, writer: bool = True) -> Engine:
+    """An engine for ``url``; a reader's leaves a SQLite file's journal mode alone
+    (the writer sets WAL once, and that persists), so reading writes nothing."""
     kwargs: dict = {"pool_pre_ping": True, "future": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
     try:
         engine = create_engine(url, **kwargs)
-    except (ArgumentError, ImportError) as exc:
+    except (ArgumentError, ImportError, ValueError) as exc:  # ValueError: a port not a number
         raise UserError(mask_url(url), f"not a usable database URL ({exc})") from None
     if url.startswith("sqlite"):
 
@@ -216,7 +218,8 @@ def make_engine(url: str) -> Engine:
         def _fk(dbapi_conn, _):  # pragma: no cover - trivial
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
+            if writer:
+                cur.execute("PRAGMA journal_mode=WAL")
             cur.close()
 
     return engine
@@ -242,9 +245,11 @@ class ResultsView:
     Reads are retried like writes when the connection drops.
     """
 
+    writer = False
+
     def __init__(self, url: str):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, writer=self.writer)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def check(self) -> None:
@@ -267,6 +272,15 @@ class ResultsView:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(mask_url(self.url), f"cannot reach the results database ({first})") from None
+        if type(self) is ResultsView:  # a reader needs varbench's tables, and never makes them
+            try:
+                ok = self.has_schema()
+            except Exception as exc:  # noqa: BLE001 - e.g. a malformed SQLite file
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise UserError(mask_url(self.url), f"cannot read the results database ({first})") from None
+            if not ok:
+                raise UserError(mask_url(self.url), "no varbench results in this database yet; "
+                                "run a sweep first, or point --workdir / --db at one")
 
     def has_schema(self) -> bool:
         """Whether varbench's tables exist here (read-only commands never create them)."""
@@ -323,11 +337,18 @@ class ResultsView:
 class ResultsStore(ResultsView):
     """The writer: schema set-up and every write. Only the recorder holds one."""
 
+    writer = True
+
     def __init__(self, url: str):
-        super().__init__(url)  # refuses a malformed URL first
-        ensure_sqlite_dir(url)
+        super().__init__(url)  # refuses a malformed URL; creates nothing yet
+
+    def check(self) -> None:
+        """As the view's, but a missing SQLite file is created (with its directory)."""
+        ensure_sqlite_dir(self.url)
+        super().check()
 
     def migrate(self) -> None:
+        ensure_sqlite_dir(self.url)
         retry(lambda: migrate(self.engine))
 
     @contextmanager
@@ -335,15 +356,16 @@ class ResultsStore(ResultsView):
         """Serialise schema set-up across drivers (a PostgreSQL advisory lock).
 
         Two sweeps starting at once on an empty database would otherwise both
-        create the same tables. On SQLite a file lock beside the database does
+        create the same tables. On SQLite a lock on its directory does
         the same (its DDL is not transactional across Optuna's and ours). A
         connection or process that dies while holding the lock releases it.
         """
         path = sqlite_path(self.url)
         if path is not None:
-            from filelock import FileLock
+            from varbench.orchestrator.locks import directory_lock
 
-            with FileLock(str(path) + ".lock"):
+            ensure_sqlite_dir(self.url)
+            with directory_lock(path.parent):
                 yield
             return
         if self.engine.dialect.name != "postgresql":

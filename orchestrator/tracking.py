@@ -68,11 +68,11 @@ class Tracker:
             else:
                 # MLflow creates and migrates a new SQLite store on its first call, and
                 # two processes doing so at once collide ("table experiments already
-                # exists"): one at a time, under a file lock beside the database.
-                from filelock import FileLock
+                # exists"): one at a time, under a lock on the directory that holds it.
+                from varbench.orchestrator.locks import directory_lock
 
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with FileLock(str(path) + ".lock"):
+                with directory_lock(path.parent):
                     client = MlflowClient(tracking_uri=self.uri)
                     client.search_experiments(max_results=1)
                 self._client = client

@@ -16,6 +16,7 @@ import time
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from tests.conftest import ROOT, TINY, assert_user_error
@@ -145,27 +146,31 @@ def test_two_drivers_started_together_run_the_sweep_once(tmp_path, db_url):
 def test_staggered_driver_is_refused_then_waits_and_touches_no_live_trial(tmp_path):
     work = tmp_path / "work"
     db = f"sqlite:///{work / 'varbench.db'}"
-    first = _start(["run", str(SLOW), "--workdir", str(work)])
+    data = yaml.safe_load(SLOW.read_text())
+    data["trials"] = 10  # long enough for two more drivers to start meanwhile
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump(data))
+    first = _start(["run", str(path), "--workdir", str(work)])
+    third = None
     try:
         _wait_for(lambda: _recorded(db, "slow") >= 1, 240, "a recorded trial")
-        # mid-sweep: a second driver is refused in one line and changes nothing
-        second = subprocess.run([VARBENCH, "run", str(SLOW), "--workdir", str(work),
+        # mid-sweep: a third driver waits for the lease; a second is refused in one line
+        third = _start(["run", str(path), "--workdir", str(work), "--wait-lock"])
+        second = subprocess.run([VARBENCH, "run", str(path), "--workdir", str(work),
                                  "--no-progress"], cwd=ROOT, capture_output=True, text=True,
                                 timeout=300)
         assert_user_error(second, "'slow' is already running", "driver pid", "--wait-lock")
         assert first.poll() is None  # still running, its live trials untouched
-        # a third waits for the first, then resumes: nothing left to run
-        third = _start(["run", str(SLOW), "--workdir", str(work), "--wait-lock"])
-        out, err = first.communicate(timeout=600)
+        out, err = first.communicate(timeout=900)
         assert first.returncode == 0, err
         out3, err3 = third.communicate(timeout=600)
         assert third.returncode == 0, err3
         assert "waiting for sweep 'slow'" in err3
         assert "0 new trials recorded" in out3
     finally:
-        for p in (first,):
-            if p.poll() is None:
+        for p in (first, third):
+            if p is not None and p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    spec = load_spec(SLOW)
-    check_sweep(spec, resolve_settings(workdir=str(work)), 5)
+    spec = load_spec(path)
+    check_sweep(spec, resolve_settings(workdir=str(work)), 10)
     agree(db, spec)
