@@ -118,6 +118,7 @@ class Driver:
             cluster.check_address(self.address)
         self.recorder.check()
         cluster.connect(self.address)
+        cluster.check_fits(self.spec.resources.cpus, self.spec.resources.gpus)
         self._checked = True
         self._check_stop()
 

@@ -119,3 +119,23 @@ def test_doctor_on_a_fresh_work_dir_creates_nothing(tmp_path):
     res = CliRunner().invoke(app, ["doctor", "--workdir", str(tmp_path / "work")])
     assert res.exit_code == 0, res.output
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("resources,needle", [({"cpus": 100}, "100 CPU"),
+                                              ({"gpus": 1}, "1 GPU")])
+def test_resources_no_node_can_meet_are_refused_before_the_first_trial(tmp_path, ray_local,
+                                                                       resources, needle):
+    """Issue 15 item 6: accepted, then nothing scheduled, trials left RUNNING."""
+    from tests.conftest import tiny_spec
+    from varbench.orchestrator.driver import run_sweep
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.sweeps.spec import load_spec
+    from varbench.workers.errors import UserError
+
+    spec = load_spec(tiny_spec(tmp_path, resources=resources))
+    t0 = __import__("time").perf_counter()
+    with pytest.raises(UserError, match=needle) as exc:
+        run_sweep(spec, resolve_settings(workdir=str(tmp_path / "work")))
+    assert "largest node has 2 CPU and 0 GPU" in str(exc.value)
+    assert "\n" not in str(exc.value)
+    assert __import__("time").perf_counter() - t0 < 60

@@ -174,3 +174,57 @@ def test_staggered_driver_is_refused_then_waits_and_touches_no_live_trial(tmp_pa
     spec = load_spec(path)
     check_sweep(spec, resolve_settings(workdir=str(work)), 10)
     agree(db, spec)
+
+
+def test_two_different_specs_at_once_on_a_fresh_work_dir(tmp_path):
+    """Issue 15 item 2: both created the local MLflow store at once and crashed
+    ("table experiments already exists"); its creation is now serialised."""
+    work = tmp_path / "work"
+    paths = []
+    for name in ("tiny-a", "tiny-b"):
+        data = yaml.safe_load(TINY.read_text())
+        data.update(name=name, trials=1)
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(data))
+    procs = [_start(["run", str(p), "--workdir", str(work)]) for p in paths]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        assert "Traceback" not in err
+    for p in paths:
+        check_sweep(load_spec(p), resolve_settings(workdir=str(work)), 1)
+
+
+def test_ctrl_c_during_set_up_marks_the_sweep_and_prints_a_resume_hint_with_the_flags(tmp_path):
+    """Issue 15 item 10: Ctrl-C before the trial loop exited 130 with no message and
+    left the sweep "running"; the hint dropped --workdir / --tracking."""
+    work, mlflow_dir = tmp_path / "work", tmp_path / "elsewhere"
+    mlflow_dir.mkdir()
+    tracking = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    db = f"sqlite:///{work / 'varbench.db'}"
+    proc = _start(["run", str(SLOW), "--workdir", str(work), "--tracking", tracking])
+
+    def opened() -> bool:  # the sweep row: written in set-up, after the lease
+        try:
+            return ResultsStore(db).sweep("slow") is not None
+        except Exception:  # noqa: BLE001 - tables not there yet
+            return False
+
+    try:
+        _wait_for(opened, 240, "the driver to open the sweep (set-up)")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    hint = next(ln for ln in err.splitlines() if "resume with:" in ln)
+    assert f"--workdir {work}" in hint and f"--tracking {tracking}" in hint, hint
+    store = ResultsStore(db)
+    assert store.sweep("slow").status == "interrupted"
+    assert store.lease("slow") is None  # released: the resume is not refused
+    again = hint.split("resume with: ", 1)[1].split()
+    res = subprocess.run([VARBENCH, *again[1:], "--no-progress"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    check_sweep(load_spec(SLOW), resolve_settings(workdir=str(work), tracking=tracking), 5)
