@@ -77,16 +77,20 @@ def _root() -> None:
 
 def fail(exc: Exception) -> NoReturn:
     """Turn a user error into one line (per spec problem) and exit 2, a failed run into exit 1."""
+    from varbench.sweeps.redact import mask_url
     from varbench.sweeps.spec import SpecError
+
+    def say(line: str) -> None:  # a URL quoted in an error keeps its password masked
+        typer.echo(mask_url(" ".join(line.split())), err=True)
 
     if isinstance(exc, SpecError):
         for line in exc.lines():
-            typer.echo(f"error: {line}", err=True)
+            say(f"error: {line}")
         raise typer.Exit(2)
     if isinstance(exc, UserError):
-        typer.echo(f"error: {exc}", err=True)
+        say(f"error: {exc}")
         raise typer.Exit(2)
-    typer.echo(f"run failed: {exc}", err=True)
+    say(f"run failed: {exc}")
     raise typer.Exit(1)
 
 
@@ -239,6 +243,7 @@ def run(
     tracking: TrackOpt = None,
     workdir: WorkOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+    wait_lock: Annotated[bool, typer.Option("--wait-lock", help="If another driver runs this sweep, wait for it to end instead of refusing.")] = False,
 ) -> None:
     """Run a sweep (or resume it) and print its frontier."""
     from varbench.orchestrator.driver import Driver
@@ -247,31 +252,40 @@ def run(
 
     sweep = load_spec(spec)
     settings = resolve_settings(workdir, db, tracking, sweep.storage, sweep.tracking)
-    driver = Driver(sweep, settings, address)
-    driver.preflight()
-    outcome = _run_with_progress(driver, progress)
-    if outcome.interrupted:
-        again = _resume_command(spec, address=address, db=db, tracking=tracking,
-                                workdir=workdir)
-        typer.echo(f"interrupted: {outcome.trials_recorded} trials recorded; "
-                   f"resume with: {again}", err=True)
+    driver = Driver(sweep, settings, address, wait_lock=wait_lock,
+                    on_wait=lambda line: typer.echo(line, err=True))
+    try:
+        driver.preflight()
+        outcome = _run_with_progress(driver, progress)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the driver's handler
+        outcome = None
+    if outcome is None or outcome.interrupted:
+        again = _resume_command(spec, settings, address)
+        done = f"{outcome.trials_recorded} trials recorded" if outcome else "stopped during set-up"
+        typer.echo(f"interrupted: {done}; resume with: {again}", err=True)
         raise typer.Exit(130)
     console.print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
                   f"{outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
     _print_frontier(_frontier(settings.db_url, sweep.name))
 
 
-def _resume_command(spec: str, **flags: str | None) -> str:
-    """The command that resumes this sweep: the same spec and the same stores
-    (a password in a URL stays masked)."""
+def _resume_command(spec: str, settings, address: str | None = None) -> str:
+    """The command that resumes this sweep: the same spec, cluster and stores, as
+    resolved (flags, environment or spec), so it works from any directory and
+    shell. The work directory is always named; a password in a URL stays masked."""
     import shlex
+    from pathlib import Path
 
     from varbench.orchestrator.store import mask_url
 
-    parts = ["varbench", "run", spec]
-    for name, value in flags.items():
-        if value:
-            parts += [f"--{name}", mask_url(value)]
+    home = settings.workdir  # what --workdir alone gives, with no environment
+    parts = ["varbench", "run", str(Path(spec).absolute()), "--workdir", str(home)]
+    if address:
+        parts += ["--address", address]
+    if settings.db_url != f"sqlite:///{home / 'varbench.db'}":
+        parts += ["--db", mask_url(settings.db_url)]
+    if settings.tracking_uri != f"sqlite:///{home / 'mlflow.db'}":
+        parts += ["--tracking", mask_url(settings.tracking_uri)]
     return shlex.join(parts)
 
 
@@ -523,9 +537,10 @@ def nightly(
 
 
 def main() -> None:
-    from varbench.orchestrator.submit import use_token_if_given
+    from varbench.orchestrator.submit import load_shipped_secrets, use_token_if_given
 
     use_token_if_given()  # before Ray is imported: it reads the auth mode once
+    load_shipped_secrets()  # in a submitted job: credentials from the shipped file
     app()
 
 

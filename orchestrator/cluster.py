@@ -74,3 +74,27 @@ def capacity(cpus_per_trial: float, gpus_per_trial: float) -> int:
         slots = min(slots, int(res.get("GPU", 0) // gpus_per_trial))
     return max(1, slots)
 
+
+
+def check_fits(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Refuse, in one line before the first trial, a request no node of the cluster
+    can ever meet (it would wait forever, trials left RUNNING).
+
+    Counted per node, as Ray schedules a task on one node. An autoscaling cluster
+    whose workers are not up yet can be let through with
+    ``VARBENCH_ALLOW_PENDING=1``.
+    """
+    import os
+
+    if os.environ.get("VARBENCH_ALLOW_PENDING") == "1":
+        return
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus_per_trial and n.get("GPU", 0) >= gpus_per_trial
+           for n in nodes):
+        return
+    most_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    most_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    raise UserError("resources", f"a trial asks for {cpus_per_trial:g} CPU and "
+                    f"{gpus_per_trial:g} GPU, but the largest node has {most_cpu:g} CPU and "
+                    f"{most_gpu:g} GPU; lower resources.cpus / resources.gpus (on an "
+                    "autoscaling cluster, set VARBENCH_ALLOW_PENDING=1)")

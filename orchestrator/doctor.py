@@ -46,17 +46,29 @@ def _probe(name: str, fn: Callable[[], None]) -> Check:
     return Check(name, "ok")
 
 
+def _missing_sqlite(url: str) -> bool:
+    """A local SQLite store not created yet: checking it would create it."""
+    if not url.startswith("sqlite"):
+        return False
+    try:
+        path = sqlite_path(url)
+    except Exception:  # noqa: BLE001 - a malformed URL is the probe's to report
+        return False
+    return path is not None and not path.exists()
+
+
 def reachability(settings: Settings, address: str | None = None) -> list[Check]:
     """The results store, the MLflow store and (if given) the Ray cluster."""
     from varbench.orchestrator.cluster import check_address
     from varbench.orchestrator.tracking import Tracker
 
     db = mask_url(settings.db_url)
-    path = sqlite_path(settings.db_url) if settings.db_url.startswith("sqlite") else None
     out = [
         Check(f"results store {db}", "ok (no store yet: the first sweep creates it)")
-        if path is not None and not path.exists() else
+        if _missing_sqlite(settings.db_url) else
         _probe(f"results store {db}", lambda: ResultsView(settings.db_url).check()),
+        Check(f"MLflow {mask_url(settings.tracking_uri)}", "ok (no store yet: the first sweep creates it)")
+        if _missing_sqlite(settings.tracking_uri) else
         _probe(f"MLflow {mask_url(settings.tracking_uri)}",
                lambda: Tracker(settings.tracking_uri, "").check()),
     ]

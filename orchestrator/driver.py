@@ -29,6 +29,7 @@ import optuna
 import ray
 
 from varbench.orchestrator import cluster
+from varbench.orchestrator.errors import RunFailed
 from varbench.orchestrator.recorder import Recorder
 from varbench.orchestrator.settings import Settings
 from varbench.orchestrator.studies import Studies, study_name
@@ -83,8 +84,12 @@ class Driver:
         address: str | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         tags: dict[str, str] | None = None,
+        wait_lock: bool = False,
+        on_wait: Callable[[str], None] | None = None,
     ):
         self.spec = spec
+        self.wait_lock = wait_lock
+        self.on_wait = on_wait or (lambda line: log.warning("%s", line))
         self.settings = settings
         self.address = address
         self.on_progress = on_progress or (lambda p: None)
@@ -96,6 +101,7 @@ class Driver:
         self._pending: list[tuple[Cell, optuna.Trial, dict]] = []  # asked, not yet sent
         self._outgoing: list[tuple[Cell, optuna.Trial, TrialConfig]] = []  # being sent
         self._stop = False  # set by Ctrl-C
+        self._restore_sigint: Callable[[], None] | None = None
         self._checked = False
         self._sizes: dict[tuple, int] = {}  # N per shape, for the bars
         # where the trials train: one population task per GPU when the spec asks for GPUs
@@ -110,15 +116,23 @@ class Driver:
         """
         if self._checked:
             return
+        self._arm()  # first: a Ctrl-C during ray.init is deferred, not raised inside it
         if self.address not in (None, "", "local", "auto"):
             cluster.check_address(self.address)
         self.recorder.check()
         cluster.connect(self.address)
+        cluster.check_fits(self.spec.resources.cpus, self.spec.resources.gpus)
         self._checked = True
+        self._check_stop()
 
     def prepare(self) -> None:
         spec, rec = self.spec, self.recorder
         self.studies = rec.set_up_schema(lambda: Studies(self.settings.db_url))
+        # one driver per sweep: nothing of the sweep is touched before the lease is ours
+        rec.take_lease(wait=self.wait_lock, cancelled=lambda: self._stop,
+                       on_wait=lambda h: self.on_wait(
+                           f"waiting for sweep {spec.name!r}: its lease is held by {h.describe()}"))
+        self._check_stop()
         rec.open_sweep(spec)
         for variant, target, lip in spec.cell_keys():
             name = study_name(spec, variant, target, lip)
@@ -127,6 +141,7 @@ class Driver:
             cell_id = rec.open_cell(name, variant, target, lip)
             self.cells.append(Cell(cell_id, name, variant, target, lip, study, space))
         self._recover()
+        self._check_stop()
         self._reference_errors()
         for cell in self.cells:
             cell.done = len(rec.trials(cell.cell_id))
@@ -161,20 +176,29 @@ class Driver:
     # --- the loop ----------------------------------------------------------------
 
     def run(self) -> SweepOutcome:
+        """Set up (checks, lease, recovery, reference errors), then the loop.
+
+        The Ctrl-C handler is in place from the first step, so an interrupt at
+        any point ends as one: the sweep is marked interrupted, its RUNNING
+        trials settled, the lease released.
+        """
         t0 = time.perf_counter()
-        self.preflight()
-        self.prepare()
-        res = self.spec.resources
-        slots = cluster.capacity(res.cpus, res.gpus)
-        deadline = t0 + self.spec.time_budget_s if self.spec.time_budget_s else math.inf
         ran, recorded, compute = 0, 0, 0.0
-        interrupted = False
-        self._emit()
-        restore = self._catch_sigint()
+        interrupted, ended = False, None
+        self._arm()
         try:
+            self.preflight()
+            self.prepare()
+            res = self.spec.resources
+            slots = cluster.capacity(res.cpus, res.gpus)
+            deadline = t0 + self.spec.time_budget_s if self.spec.time_budget_s else math.inf
+            self._emit()
             while True:
-                if self._stop:
-                    raise KeyboardInterrupt
+                self._check_stop()
+                lost = self.recorder.lease_lost()
+                if lost is not None:
+                    raise RunFailed(f"sweep {self.spec.name!r}: lost its lease to {lost}; "
+                                    "stopped without recording more")
                 self._fill(slots, deadline)
                 if not self._inflight:
                     break
@@ -203,25 +227,34 @@ class Driver:
                 for cell in {id(c): c for c, _, _, _ in done}.values():
                     self._refresh_frontier(cell)  # once per cell, however many finished
                 self._emit()
+            ended = "completed"
         except KeyboardInterrupt:
-            interrupted = True
-            self._cancel_inflight()
+            interrupted, ended = True, "interrupted"
+            if self.recorder.lease is not None and self.recorder.lease_lost() is None:
+                self._cancel_inflight()  # the sweep is ours to settle
         finally:
-            restore()
-        self.recorder.close_sweep("interrupted" if interrupted else "completed",
-                                  [c.study_name for c in self.cells])
+            self._disarm()
+            try:  # an error other than Ctrl-C leaves the status as it was: a resume settles it
+                ours = self.recorder.lease is not None and self.recorder.lease_lost() is None
+                if ended is not None and ours and self.recorder.sweep_id is not None:
+                    self.recorder.close_sweep(ended, [c.study_name for c in self.cells])
+            finally:
+                self.recorder.release_lease()
         return SweepOutcome(
             self.spec.name, ran, recorded, time.perf_counter() - t0, compute,
             {c.study_name: c.points for c in self.cells}, interrupted,
         )
 
-    def _catch_sigint(self) -> Callable[[], None]:
-        """Ctrl-C sets a flag the loop checks at least once a second, so it is never
-        swallowed inside a C extension (Ray, a database driver); a second Ctrl-C
-        interrupts at once. Only the main thread can own the handler."""
-        self._stop = False
+    def _arm(self) -> None:
+        """Ctrl-C sets a flag the driver checks between steps and at least once a
+        second in the loop, so it is never raised inside a C extension (Ray's
+        start-up, a database driver); a second Ctrl-C interrupts at once. Only
+        the main thread can own the handler."""
+        if self._restore_sigint is not None:
+            return
         if threading.current_thread() is not threading.main_thread():
-            return lambda: None
+            self._restore_sigint = lambda: None
+            return
 
         def handler(signum, frame):
             if self._stop:
@@ -229,7 +262,16 @@ class Driver:
             self._stop = True
 
         previous = signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
+        self._restore_sigint = lambda: signal.signal(signal.SIGINT, previous)
+
+    def _disarm(self) -> None:
+        if self._restore_sigint is not None:
+            self._restore_sigint()
+            self._restore_sigint = None
+
+    def _check_stop(self) -> None:
+        if self._stop:
+            raise KeyboardInterrupt
 
     def _next_cell(self) -> Cell | None:
         open_cells = [c for c in self.cells if c.done + c.in_flight < self.spec.trials]
@@ -371,5 +413,5 @@ class Driver:
 
 def run_sweep(spec: SweepSpec, settings: Settings, address: str | None = None,
               on_progress: Callable[[Progress], None] | None = None,
-              tags: dict[str, str] | None = None) -> SweepOutcome:
-    return Driver(spec, settings, address, on_progress, tags).run()
+              tags: dict[str, str] | None = None, wait_lock: bool = False) -> SweepOutcome:
+    return Driver(spec, settings, address, on_progress, tags, wait_lock=wait_lock).run()

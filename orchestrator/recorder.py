@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from varbench.orchestrator.settings import Settings
-from varbench.orchestrator.store import ResultsStore, TrialRow, mask_url
+from varbench.orchestrator.lease import Lease
+from varbench.orchestrator.settings import Settings, check_workdir
+from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url, sqlite_path
 from varbench.orchestrator.tracking import Tracker, git_commit
 from varbench.sweeps.frontier import FrontierPoint, frontier
 from varbench.sweeps.spec import ModelVariant, SweepSpec
@@ -26,6 +27,15 @@ TRIAL_METRICS = ("err", "err_ucb", "rel_err", "n_params", "flops", "steps_run", 
 
 def experiment_name(sweep: str) -> str:
     return f"varbench/{sweep}"
+
+
+def _creates_file(url: str) -> bool:
+    """Whether checking ``url`` creates it: a local SQLite file not there yet."""
+    try:
+        path = sqlite_path(url) if url.startswith("sqlite") else None
+    except Exception:  # noqa: BLE001 - malformed: its own check refuses it
+        return False
+    return path is not None and not path.exists()
 
 
 class Recorder:
@@ -40,11 +50,17 @@ class Recorder:
                                artifact_root=settings.artifact_root)
         self.commit = git_commit()
         self.sweep_id: int | None = None
+        self.lease: Lease | None = None
 
     def check(self) -> None:
-        """Both stores reachable, before anything is written."""
-        self.store.check()
-        self.tracker.check()
+        """The work directory usable and both stores reachable, before anything is
+        written: a store that is a local SQLite file (which its check creates) is
+        checked last, so a bad server address leaves no file behind."""
+        checks = [(self.settings.db_url, self.store.check),
+                  (self.settings.tracking_uri, self.tracker.check)]
+        check_workdir(self.settings.workdir)  # artifacts and the default stores live there
+        for _, check in sorted(checks, key=lambda c: _creates_file(c[0])):
+            check()
 
     # --- a sweep's start -------------------------------------------------------
 
@@ -55,10 +71,27 @@ class Recorder:
             self.store.migrate()
             return also()
 
+    def take_lease(self, wait: bool = False, on_wait: Callable[[Holder], None] | None = None,
+                   cancelled: Callable[[], bool] = lambda: False) -> None:
+        """This driver's lease on the sweep (see ``lease``): before any other write
+        to the sweep, after the schema exists."""
+        lease = Lease(self.store, self.sweep)
+        lease.acquire(wait=wait, on_wait=on_wait, cancelled=cancelled)
+        self.lease = lease
+
+    def lease_lost(self) -> str | None:
+        """Who took the sweep over, if our heartbeat found it taken."""
+        return None if self.lease is None else self.lease.lost
+
+    def release_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
     def open_sweep(self, spec: SweepSpec) -> int:
         """Record the sweep, once (a changed spec under the same name is refused)."""
         self.sweep_id = self.store.upsert_sweep(
-            spec.name, spec.model_dump(mode="json"), spec.spec_hash(),
+            spec.name, spec.redacted(), spec.spec_hash(),
             {"commit": self.commit, **self.tags})
         return self.sweep_id
 

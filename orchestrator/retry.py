@@ -6,6 +6,8 @@ back-off, 0.2 s doubling, ``DB_ATTEMPTS`` times in all (about 6 s). Callers
 make repeats harmless: a store write is one transaction (rolled back when the
 connection dies), Optuna tells use ``skip_if_finished`` and enqueues check
 first.
+Errors no repeat can mend (``PERMANENT``: a missing table, a malformed file)
+are raised at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 T = TypeVar("T")
 TRANSIENT = (OperationalError, InterfaceError, StorageInternalError)
+# errors of those types that no retry can mend: a missing table, a damaged file
+PERMANENT = ("no such table", "malformed", "file is not a database", "unable to open database",
+             "does not exist")
+
+
+def transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT) and not any(p in str(exc).lower() for p in PERMANENT)
 DB_ATTEMPTS = 6
 BACKOFF_S = 0.2
 
@@ -33,8 +42,8 @@ def retry(fn: Callable[[], T], *, attempts: int = DB_ATTEMPTS,
     for attempt in range(attempts):
         try:
             return fn()
-        except TRANSIENT:
-            if attempt == attempts - 1:
+        except TRANSIENT as exc:
+            if attempt == attempts - 1 or not transient(exc):
                 raise
             time.sleep(BACKOFF_S * 2**attempt)
             if on_retry is not None:

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from varbench.workers.errors import UserError
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -36,3 +38,22 @@ def resolve_settings(
     tracking_uri = (tracking or os.environ.get("VARBENCH_TRACKING_URI") or spec_tracking
                     or f"sqlite:///{home / 'mlflow.db'}")
     return Settings(home, db_url, tracking_uri)
+
+
+def check_workdir(path: Path) -> None:
+    """Refuse, in one line and before anything is written, a work directory that
+    cannot be one: a file, or under a path that does not exist or is not writable.
+    Creates nothing."""
+    if path.exists():
+        if not path.is_dir():
+            raise UserError("--workdir", f"{path} is a file, not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError("--workdir", f"{path} is not writable")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError("--workdir", f"cannot create {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError("--workdir", f"cannot create {path}: {parent} is not writable")

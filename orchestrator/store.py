@@ -10,9 +10,12 @@ so a trial is recorded once however often it is retried.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +34,7 @@ from sqlalchemy import (
     delete,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
@@ -38,12 +42,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from varbench.orchestrator.retry import retry
 from varbench.sweeps.frontier import FrontierPoint, TrialPoint
+from varbench.sweeps.redact import mask_url  # noqa: F401 - the one masker, re-exported
 from varbench.workers.errors import UserError
 
 T = TypeVar("T")
 
 VERSION_TABLE = "varbench_alembic_version"
 SCHEMA_LOCK = 7270731  # pg_advisory_lock key for schema set-up
+LEASE_LOCK = 7270732  # pg_advisory_xact_lock namespace for sweep leases (keyed by name)
 
 
 def now() -> datetime:
@@ -115,6 +121,60 @@ class FrontierRow(Base):
     n_trials: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class LeaseRow(Base):
+    """Who runs a sweep now: one row per sweep while a driver holds it."""
+
+    __tablename__ = "vb_leases"
+    sweep: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A lease as read: enough to name the driver that holds it."""
+
+    owner: str
+    host: str
+    pid: int
+    heartbeat_at: datetime
+    expires_at: datetime
+
+    def describe(self, at: datetime | None = None) -> str:
+        at = at or now()
+        beat = max(0.0, (at - self.heartbeat_at).total_seconds())
+        left = (self.expires_at - at).total_seconds()
+        return (f"driver pid {self.pid} on {self.host} (heartbeat {beat:.0f} s ago, "
+                f"lease expires in {max(0.0, left):.0f} s)")
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite returns naive datetimes; every lease time is UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _holder(row: LeaseRow) -> Holder:
+    return Holder(row.owner, row.host, row.pid, _aware(row.heartbeat_at), _aware(row.expires_at))
+
+
+def _pid_gone(host: str, pid: int) -> bool:
+    """A holder on this host whose process no longer exists (a SIGKILLed driver):
+    its lease is dead without waiting for the expiry."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class NightlyRow(Base):
     __tablename__ = "vb_nightly_runs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -124,17 +184,6 @@ class NightlyRow(Base):
     regression: Mapped[bool] = mapped_column(Boolean, default=False)
     comparison: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
-
-
-def mask_url(url: str) -> str:
-    """A database or tracking URL with any password replaced by ***."""
-    try:
-        u = make_url(url)
-    except Exception:
-        return url
-    if u.password is None:
-        return url
-    return u.render_as_string(hide_password=True)
 
 
 def _migrations_dir() -> str:
@@ -153,13 +202,15 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, writer: bool = True) -> Engine:
+    """An engine for ``url``; a reader's leaves a SQLite file's journal mode alone
+    (the writer sets WAL once, and that persists), so reading writes nothing."""
     kwargs: dict = {"pool_pre_ping": True, "future": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
     try:
         engine = create_engine(url, **kwargs)
-    except (ArgumentError, ImportError) as exc:
+    except (ArgumentError, ImportError, ValueError) as exc:  # ValueError: a port not a number
         raise UserError(mask_url(url), f"not a usable database URL ({exc})") from None
     if url.startswith("sqlite"):
 
@@ -167,7 +218,8 @@ def make_engine(url: str) -> Engine:
         def _fk(dbapi_conn, _):  # pragma: no cover - trivial
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
+            if writer:
+                cur.execute("PRAGMA journal_mode=WAL")
             cur.close()
 
     return engine
@@ -193,9 +245,11 @@ class ResultsView:
     Reads are retried like writes when the connection drops.
     """
 
+    writer = False
+
     def __init__(self, url: str):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, writer=self.writer)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def check(self) -> None:
@@ -218,6 +272,15 @@ class ResultsView:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(mask_url(self.url), f"cannot reach the results database ({first})") from None
+        if type(self) is ResultsView:  # a reader needs varbench's tables, and never makes them
+            try:
+                ok = self.has_schema()
+            except Exception as exc:  # noqa: BLE001 - e.g. a malformed SQLite file
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise UserError(mask_url(self.url), f"cannot read the results database ({first})") from None
+            if not ok:
+                raise UserError(mask_url(self.url), "no varbench results in this database yet; "
+                                "run a sweep first, or point --workdir / --db at one")
 
     def has_schema(self) -> bool:
         """Whether varbench's tables exist here (read-only commands never create them)."""
@@ -259,6 +322,11 @@ class ResultsView:
             select(FrontierRow).where(FrontierRow.cell_id == cell_id)
             .order_by(FrontierRow.eps.desc()))))
 
+    def lease(self, sweep: str) -> Holder | None:
+        """Who holds the sweep's lease, if anyone (expired or not)."""
+        row = self._run(lambda s: s.get(LeaseRow, sweep))
+        return None if row is None else _holder(row)
+
     def nightly_runs(self, sweep_id: int | None = None) -> list[NightlyRow]:
         q = select(NightlyRow).order_by(NightlyRow.id)
         if sweep_id is not None:
@@ -269,11 +337,18 @@ class ResultsView:
 class ResultsStore(ResultsView):
     """The writer: schema set-up and every write. Only the recorder holds one."""
 
+    writer = True
+
     def __init__(self, url: str):
-        super().__init__(url)  # refuses a malformed URL first
-        ensure_sqlite_dir(url)
+        super().__init__(url)  # refuses a malformed URL; creates nothing yet
+
+    def check(self) -> None:
+        """As the view's, but a missing SQLite file is created (with its directory)."""
+        ensure_sqlite_dir(self.url)
+        super().check()
 
     def migrate(self) -> None:
+        ensure_sqlite_dir(self.url)
         retry(lambda: migrate(self.engine))
 
     @contextmanager
@@ -281,9 +356,18 @@ class ResultsStore(ResultsView):
         """Serialise schema set-up across drivers (a PostgreSQL advisory lock).
 
         Two sweeps starting at once on an empty database would otherwise both
-        create the same tables. SQLite has a single writer and needs none. A
-        connection that dies while holding the lock releases it with it.
+        create the same tables. On SQLite a lock on its directory does
+        the same (its DDL is not transactional across Optuna's and ours). A
+        connection or process that dies while holding the lock releases it.
         """
+        path = sqlite_path(self.url)
+        if path is not None:
+            from varbench.orchestrator.locks import directory_lock
+
+            ensure_sqlite_dir(self.url)
+            with directory_lock(path.parent):
+                yield
+            return
         if self.engine.dialect.name != "postgresql":
             yield
             return
@@ -308,6 +392,87 @@ class ResultsStore(ResultsView):
             except (OperationalError, InterfaceError):
                 pass  # the server already dropped the connection, and the lock with it
             conn.close()
+
+    # --- the sweep lease: one driver per sweep ------------------------------------
+
+    def _lease_engine(self) -> Engine:
+        """SQLite: a second engine whose transactions start with BEGIN IMMEDIATE, so the
+        read-decide-write of a lease holds the database's write lock throughout
+        (SQLAlchemy's recipe for pysqlite). PostgreSQL: the main engine, with a
+        transaction-scoped advisory lock per sweep taken in ``_locked``."""
+        if self.engine.dialect.name != "sqlite":
+            return self.engine
+        if getattr(self, "_lease_eng", None) is None:
+            eng = create_engine(self.url, connect_args={"timeout": 30}, future=True)
+
+            @event.listens_for(eng, "connect")
+            def _autocommit(dbapi_conn, _):  # pragma: no cover - trivial
+                dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+
+            @event.listens_for(eng, "begin")
+            def _immediate(conn):  # pragma: no cover - trivial
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+            self._lease_eng = eng
+        return self._lease_eng
+
+    def _locked(self, sweep: str, work: Callable[[Session], T]) -> T:
+        """``work`` in one transaction that no other driver's lease call can interleave."""
+        engine = self._lease_engine()
+
+        def once() -> T:
+            with Session(engine, expire_on_commit=False) as s, s.begin():
+                if engine.dialect.name == "postgresql":
+                    s.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:k))"),
+                              {"ns": LEASE_LOCK, "k": sweep})
+                return work(s)
+
+        return retry(once)
+
+    def take_lease(self, sweep: str, owner: str, ttl_s: float) -> Holder | None:
+        """Take (or renew) the sweep's lease for ``owner``, atomically.
+
+        Returns None when ``owner`` now holds it, or the live holder when
+        another driver does. A lease is free when it is absent, expired, or
+        held by a process on this host that no longer exists.
+        """
+        def work(s: Session) -> Holder | None:
+            t = now()
+            row = s.get(LeaseRow, sweep)
+            if row is not None and row.owner != owner:
+                held = _holder(row)
+                if held.expires_at > t and not _pid_gone(held.host, held.pid):
+                    return held
+                s.delete(row)
+                s.flush()
+                row = None
+            if row is None:
+                s.add(LeaseRow(sweep=sweep, owner=owner, host=socket.gethostname(),
+                               pid=os.getpid(), acquired_at=t, heartbeat_at=t,
+                               expires_at=t + timedelta(seconds=ttl_s)))
+            else:
+                row.heartbeat_at, row.expires_at = t, t + timedelta(seconds=ttl_s)
+            return None
+        return self._locked(sweep, work)
+
+    def renew_lease(self, sweep: str, owner: str, ttl_s: float) -> bool:
+        """The heartbeat: extend our lease; False when it is no longer ours (it
+        expired and another driver took it)."""
+        def work(s: Session) -> bool:
+            row = s.get(LeaseRow, sweep)
+            if row is None or row.owner != owner:
+                return False
+            t = now()
+            row.heartbeat_at, row.expires_at = t, t + timedelta(seconds=ttl_s)
+            return True
+        return self._locked(sweep, work)
+
+    def release_lease(self, sweep: str, owner: str) -> None:
+        def work(s: Session) -> None:
+            row = s.get(LeaseRow, sweep)
+            if row is not None and row.owner == owner:
+                s.delete(row)
+        self._locked(sweep, work)
 
     def upsert_sweep(self, name: str, spec: dict, spec_hash: str, tags: dict | None = None) -> int:
         def work(s: Session):

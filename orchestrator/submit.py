@@ -5,13 +5,20 @@ repeated submit of the same spec attaches to the job already there instead
 of running it twice. The working directory ships as the job's runtime
 environment, and the varbench code this client runs ships beside it as a
 ``varbench`` module (``py_modules``), so the job runs the same code whether
-varbench is installed here from a wheel or editable; database and tracking URLs travel as environment variables, not
-on the (visible) entrypoint. Ray's token is read by Ray's own client from
-RAY_AUTH_TOKEN or ~/.ray/auth_token; we never turn authentication off.
+varbench is installed here from a wheel or editable. Database and tracking URLs
+never travel on the (visible) entrypoint. One without credentials travels as a
+runtime_env environment variable; one with a password travels in a file,
+``varbench/_secrets.json`` inside the shipped ``py_modules`` package (stored by
+Ray in its GCS package store, not in the job's metadata), and the job is told
+only ``VARBENCH_SECRETS=shipped``: ``varbench`` reads the file into its own
+environment at start-up and deletes it. So ``ray job list``, the dashboard and
+the runtime_env agent's log show no password. Ray's token is read by Ray's own
+client from RAY_AUTH_TOKEN or ~/.ray/auth_token; we never turn authentication off.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,12 +28,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from varbench.orchestrator.errors import RunFailed
+from varbench.sweeps.redact import has_secret
 from varbench.sweeps.spec import SweepSpec
 from varbench.workers.errors import UserError
 
 EXCLUDES = [".venv", ".git", "varbench-work", "mlruns", "mlartifacts", "*.db", "__pycache__",
             ".pytest_cache", ".ruff_cache", ".hypothesis"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+SECRETS_FILE = "_secrets.json"  # inside the shipped varbench package
+SECRETS_FLAG = "VARBENCH_SECRETS"
+
+
+def ship_env(env: dict[str, str], package: Path) -> dict[str, str]:
+    """The runtime_env env vars for ``env``: values holding a password go into a
+    file in the shipped package instead (see the module docstring)."""
+    secret = {k: v for k, v in env.items() if has_secret(v)}
+    visible = {k: v for k, v in env.items() if k not in secret}
+    if secret:
+        path = package / SECRETS_FILE
+        path.write_text(json.dumps(secret))
+        path.chmod(0o600)
+        visible[SECRETS_FLAG] = "shipped"
+    return visible
+
+
+def load_shipped_secrets(path: Path | None = None) -> None:
+    """In a submitted job: read the shipped credentials into this process's
+    environment and delete the file. Does nothing elsewhere."""
+    if os.environ.get(SECRETS_FLAG) != "shipped":
+        return
+    if path is None:
+        import varbench.orchestrator
+
+        path = Path(varbench.orchestrator.__file__).resolve().parent.parent / SECRETS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # already read (and deleted) by this job's first varbench process
+    os.environ.update({k: str(v) for k, v in data.items()})
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 @dataclass
@@ -121,6 +164,7 @@ def submit(
     deadline = time.monotonic() + agent_wait_s
     with tempfile.TemporaryDirectory(prefix="varbench-submit-") as tmp:
         package = stage_package(Path(tmp))
+        env_vars = ship_env(dict(env or {}), package)
         while True:
             try:
                 c.submit_job(
@@ -128,7 +172,8 @@ def submit(
                                "--address auto",
                     submission_id=sid,
                     runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES,
-                                 "py_modules": [str(package)], "env_vars": dict(env or {})},
+                                 "py_modules": [str(package)],
+                                 "env_vars": env_vars},
                     metadata={"varbench.sweep": spec.name,
                               "varbench.spec_hash": spec.spec_hash()},
                 )

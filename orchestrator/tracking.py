@@ -36,6 +36,18 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+def _local_sqlite(uri: str) -> Path | None:
+    """The file behind a ``sqlite:///`` tracking URI (None for servers and the rest)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    from varbench.orchestrator.store import sqlite_path
+
+    try:
+        return sqlite_path(uri)
+    except Exception:  # noqa: BLE001 - a malformed URI is refused by check()
+        return None
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
         self.uri = tracking_uri
@@ -50,7 +62,20 @@ class Tracker:
         """Made on first use: a local MLflow store is created when its client is, so
         nothing is written before the checks that come first have passed."""
         if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.uri)
+            path = _local_sqlite(self.uri)
+            if path is None:
+                self._client = MlflowClient(tracking_uri=self.uri)
+            else:
+                # MLflow creates and migrates a new SQLite store on its first call, and
+                # two processes doing so at once collide ("table experiments already
+                # exists"): one at a time, under a lock on the directory that holds it.
+                from varbench.orchestrator.locks import directory_lock
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with directory_lock(path.parent):
+                    client = MlflowClient(tracking_uri=self.uri)
+                    client.search_experiments(max_results=1)
+                self._client = client
         return self._client
 
     def check(self) -> None:

@@ -40,6 +40,7 @@ from varbench.sweeps.fields import (
     Width,
     shape_problems,
 )
+from varbench.sweeps.redact import mask_url
 from varbench.workers.errors import UserError
 
 SAMPLERS = ("frontier", "tpe", "nsga2", "gp", "random", "grid")
@@ -193,10 +194,19 @@ class SweepSpec(Strict):
             return 2, min(k_max, 4)
         return max(self.search.scales.low, 1), self.search.scales.high
 
+    def redacted(self, **dump) -> dict:
+        """The spec as JSON data with credentials masked: what is stored and hashed."""
+        data = self.model_dump(mode="json", **dump)
+        for key in ("storage", "tracking"):
+            if data.get(key):
+                data[key] = mask_url(data[key])
+        return data
+
     def spec_hash(self) -> str:
         """Hash of what the spec says (defaults left out, so a new optional field
-        in a later varbench does not orphan existing sweeps)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+        in a later varbench does not orphan existing sweeps; passwords masked, so
+        a rotated one does not make the same sweep "changed")."""
+        blob = json.dumps(self.redacted(exclude_defaults=True), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def cell_keys(self) -> list[tuple[ModelVariant, str, float]]:
@@ -244,23 +254,64 @@ def parse_spec(data: object, source: str = "spec") -> SweepSpec:
         raise SpecError(source, ["spec: nested too deeply"]) from None
 
 
+MAX_SPEC_BYTES = 1 << 20  # 1 MiB: a spec is a page of YAML, not a data file
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses duplicate keys (it keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {printable(str(key))!r} (first at line "
+                        f"{seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the schema refuses it later
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line naming what is wrong and where: a refused tag by name, a duplicate key."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = printable(str(getattr(exc, "problem", "") or ""))
+    if "constructor for the tag" in problem:
+        tag = problem.split("tag", 1)[1].strip().strip("'\"").replace("tag:yaml.org,2002:", "!!")
+        return (f"spec: the tag {tag!r}{where} is not allowed "
+                "(specs are plain YAML: no !!python or other object tags)")
+    if problem.startswith("duplicate key"):
+        return f"spec: {problem}{where}"
+    return f"spec: not valid YAML{where}" + (f" ({problem})" if problem else "")
+
+
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a YAML spec; raise SpecError naming every bad field."""
+    """Read and validate a YAML spec; raise SpecError naming every bad field.
+
+    At most ``MAX_SPEC_BYTES`` are read (``/dev/zero`` is refused, not slurped),
+    duplicate keys are refused, and so is every tag beyond plain YAML's.
+    """
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise UserError(str(path), f"cannot read spec ({exc.strerror})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(str(path), [f"spec: larger than {MAX_SPEC_BYTES // 1024} KiB; "
+                                    "a sweep spec is a short YAML file"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(str(path), [f"spec: not UTF-8 text (byte {exc.start})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(str(path), [f"spec: not valid YAML{where}"]) from None
+        raise SpecError(str(path), [_yaml_problem(exc)]) from None
     except RecursionError:
         raise SpecError(str(path), ["spec: nested too deeply"]) from None
     return parse_spec(data, str(path))

@@ -22,9 +22,88 @@ SECRET = "s3cr3t-Pw-91"
 VARBENCH = str(Path(sys.executable).parent / "varbench")
 
 
-def test_mask_url():
-    assert SECRET not in mask_url(f"postgresql://u:{SECRET}@h:5432/db")
-    assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+@pytest.mark.parametrize("form", [
+    "postgresql://u:{pw}@h:5432/db",
+    "postgresql+psycopg://u:{pw}@h/db?sslmode=require",
+    "postgresql://u:p@{pw}@h/db",  # an unencoded @ in the password
+    "postgresql://u@h/db?password={pw}",
+    "postgresql://u@h/db?sslmode=require&PASSWORD={pw}&x=1",
+    "http://h:5000/?access_token={pw}",
+    "https://user:{pw}@mlflow.example:443",
+    "host=h port=5432 password={pw} dbname=x",
+    "host=h password = '{pw} with space' user=u",
+    "error: cannot reach postgresql://u:{pw}@127.0.0.1:1/x (refused)",
+])
+def test_mask_url_covers_userinfo_query_and_dsn(form):
+    masked = mask_url(form.format(pw=SECRET))
+    assert SECRET not in masked and "***" in masked, masked
+
+
+def test_mask_url_leaves_urls_without_password_alone():
+    for url in ("sqlite:///x.db", "postgresql://u@h/db", "http://127.0.0.1:5000",
+                "postgresql://h/db?sslmode=require"):
+        assert mask_url(url) == url
+
+
+def test_spec_is_stored_and_hashed_without_credentials(tmp_path):
+    """Issue 15 item 3: vb_sweeps.spec held the password, and a rotated one made the
+    same sweep "changed"."""
+    import yaml
+
+    from varbench.orchestrator.recorder import Recorder
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.sweeps.spec import parse_spec
+
+    data = yaml.safe_load(TINY.read_text())
+    specs = [parse_spec({**data, "storage": f"postgresql://u:{pw}@db/x?password={pw}",
+                         "tracking": f"http://u:{pw}@mlflow:5000"})
+             for pw in (SECRET, SECRET + "-rotated")]
+    assert specs[0].spec_hash() == specs[1].spec_hash()
+    rec = Recorder(resolve_settings(str(tmp_path / "work")), "tiny")
+    rec.store.migrate()
+    for spec in specs:  # the rotated one is the same sweep: not refused as changed
+        rec.open_sweep(spec)
+    row = rec.store.sweep("tiny")
+    assert SECRET not in repr(row.spec) and "***" in row.spec["storage"]
+    with closing(sqlite3.connect(tmp_path / "work" / "varbench.db")) as conn:
+        assert SECRET not in repr(conn.execute("SELECT * FROM vb_sweeps").fetchall())
+
+
+def test_submit_ships_passwords_in_a_file_not_in_the_runtime_env(tmp_path, monkeypatch):
+    """Issue 15 item 3: VARBENCH_DB_URL with its password was a runtime_env env var,
+    which `ray job list` and the runtime_env agent's log print."""
+    import json
+
+    from varbench.orchestrator import submit as jobs
+    from varbench.sweeps.spec import load_spec
+
+    seen = {}
+
+    class FakeJobs:
+        def get_job_status(self, sid):
+            raise RuntimeError("Job does not exist")
+
+        def submit_job(self, **kwargs):
+            seen["kwargs"] = kwargs
+            pkg = Path(kwargs["runtime_env"]["py_modules"][0])
+            seen["file"] = json.loads((pkg / jobs.SECRETS_FILE).read_text())
+
+    monkeypatch.setattr(jobs, "client", lambda address: FakeJobs())
+    db = f"postgresql://u:{SECRET}@db:5432/x"
+    env = {"VARBENCH_DB_URL": db, "VARBENCH_TRACKING_URI": "http://mlflow:5000"}
+    jobs.submit(load_spec(TINY), TINY, "http://127.0.0.1:1", ROOT, env)
+    listed = repr(seen["kwargs"])  # what `ray job list` shows: entrypoint, runtime_env, metadata
+    assert SECRET not in listed
+    assert seen["kwargs"]["runtime_env"]["env_vars"] == {
+        "VARBENCH_TRACKING_URI": "http://mlflow:5000", "VARBENCH_SECRETS": "shipped"}
+    assert seen["file"] == {"VARBENCH_DB_URL": db}
+    # the job's side: read into the environment, then the file is gone
+    shipped = tmp_path / "_secrets.json"
+    shipped.write_text(json.dumps(seen["file"]))
+    monkeypatch.setenv("VARBENCH_SECRETS", "shipped")
+    monkeypatch.delenv("VARBENCH_DB_URL", raising=False)
+    jobs.load_shipped_secrets(shipped)
+    assert os.environ["VARBENCH_DB_URL"] == db and not shipped.exists()
 
 
 @pytest.mark.postgres
@@ -50,6 +129,9 @@ def test_password_never_appears_in_anything_a_run_produces(tmp_path, pg_url):
     outputs.append(bad.stdout + bad.stderr)
     for text in outputs:
         assert SECRET not in text
+    from varbench.orchestrator.store import ResultsView
+
+    assert SECRET not in repr(ResultsView(url).sweep("tiny").spec)
     # every file the run wrote: reports, the MLflow database and artifacts
     for f in work.rglob("*"):
         if f.is_file():
@@ -108,10 +190,5 @@ def test_unreachable_addresses_are_one_line_before_any_work(tmp_path, flag, valu
                           value.format(port=free_port())], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert_user_error(res, needle)
-    # nothing recorded in the workdir's results store
-    db = work / "varbench.db"
-    if flag == "--tracking":  # the SQLite store is pinged (which creates the file) before MLflow
-        with closing(sqlite3.connect(db)) as conn:
-            assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
-    else:  # Ray is checked before the store is opened; --db puts the store elsewhere
-        assert not db.exists()
+    # nothing written: remote addresses are checked before a local store is created
+    assert not work.exists()

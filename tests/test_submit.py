@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ROOT, assert_user_error, free_port
 
 VENV_BIN = str(Path(sys.executable).parent)
+HEAD: dict = {}  # the test head's process group, for the loopback check
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,10 @@ def token_cluster(tmp_path_factory):
     """A head node on 127.0.0.1 with RAY_AUTH_MODE=token; stopped by signalling --block."""
     token = secrets.token_hex(16)
     gcs, dash = free_port(), free_port()
+    # multi-node clustering off, as for the embedded cluster: otherwise Ray resolves
+    # 127.0.0.1 to the routable address and binds its servers to 0.0.0.0
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
     proc = subprocess.Popen(
@@ -53,6 +57,7 @@ def token_cluster(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("ray head did not start within 120 s")
+    HEAD["pid"] = proc.pid
     yield url, token
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -112,3 +117,22 @@ def test_unreachable_address_is_one_line(tmp_path):
     res = _varbench(["submit", "tests/specs/tiny.yaml", "--address",
                      f"http://127.0.0.1:{free_port()}"], None)
     assert_user_error(res, "cannot reach Ray")
+
+
+def test_test_head_listens_on_loopback_only(token_cluster):
+    """Issue 15 item 12: gcs_server, raylet and the dashboard agent bound 0.0.0.0."""
+    pgid = HEAD["pid"]
+    pids = {p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid}
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    ours = [ln for ln in listening.splitlines()
+            if any(f"pid={p}," in ln for p in pids)]
+    assert ours, listening  # the head's servers are found
+    wide = [ln for ln in ours if ln.split()[3].rsplit(":", 1)[0] not in ("127.0.0.1", "[::1]")]
+    assert not wide, wide
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
