@@ -24,7 +24,7 @@ import torch
 from varbench.models.inputs import sample_inputs
 from varbench.models.metrics import error_estimate
 from varbench.models.population import PopulationVAR
-from varbench.workers.config import TrialConfig, TrialResult
+from varbench.workers.config import Curve, TrialConfig, TrialResult, curve_every
 from varbench.workers.training import (
     MONITOR_SIZE,
     build,
@@ -159,6 +159,7 @@ def run_population(cfgs: list[TrialConfig],
     reason = [""] * r
     last_loss = [math.nan] * r
     eps_min = min(c0.eps)
+    curves = [Curve(every=curve_every(c0.steps)) for _ in cfgs]
     t_train = time.perf_counter()
     for step in range(1, c0.steps + 1):
         x = torch.stack([sample(c0, g) for g in gens]).to(device)
@@ -173,6 +174,9 @@ def run_population(cfgs: list[TrialConfig],
             if not math.isfinite(losses[i]):
                 status[i], reason[i] = "failed", non_finite(losses[i], step)
                 active[i] = False
+            else:
+                curves[i].add_loss(step, losses[i],
+                                   cfgs[i].lr * lr_factor(step - 1, c0.warmup, c0.steps))
         if not bool(active.any()):
             break
         # replicas share no parameter: d(sum of losses)/dθ_i = d(loss_i)/dθ_i
@@ -185,7 +189,11 @@ def run_population(cfgs: list[TrialConfig],
             with torch.no_grad():
                 pred = pop(x_mon)
             for i in range(r):
-                if active[i] and error_estimate(pred[i], y_mon[i], c0.p).err_ucb <= eps_min:
+                if not active[i]:
+                    continue
+                mon = error_estimate(pred[i], y_mon[i], c0.p).err_ucb
+                curves[i].monitor_err_ucb.append((step, mon))
+                if mon <= eps_min:
                     active[i] = False  # early stop, exactly as alone
             if not bool(active.any()):
                 break
@@ -197,6 +205,8 @@ def run_population(cfgs: list[TrialConfig],
                           steps_run=steps_run[i],
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
         res.sec_per_step = train_seconds / max(sum(steps_run), 1)
+        curves[i].flush(steps_run[i], c.lr * lr_factor(steps_run[i] - 1, c0.warmup, c0.steps))
+        res.curves = [curves[i].to_dict()]
         finish(res, lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)
         res.seconds = (time.perf_counter() - t0) / r
         results.append(res)

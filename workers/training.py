@@ -28,7 +28,7 @@ from varbench.models.metrics import (
     per_sample_power,
 )
 from varbench.models.targets import Target, make_target
-from varbench.workers.config import TrialConfig, TrialResult
+from varbench.workers.config import Curve, TrialConfig, TrialResult, curve_every
 
 # Disjoint random streams per trial seed: training, monitoring, final eval.
 _STREAM = {"train": 1, "monitor": 2, "eval": 3}
@@ -127,6 +127,7 @@ def train_one(cfg: TrialConfig) -> TrialResult:
     eps_min = min(cfg.eps)
     loss_val = float("nan")
     step = 0
+    curve = Curve(every=curve_every(cfg.steps))
     t_train = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         x = sample_inputs(cfg.inputs, cfg.batch_size, cfg.channels, cfg.s_first, train_gen)
@@ -136,6 +137,7 @@ def train_one(cfg: TrialConfig) -> TrialResult:
         if not math.isfinite(loss_val):
             result.status, result.reason = "failed", non_finite(loss_val, step)
             break
+        curve.add_loss(step, loss_val, cfg.lr * lr_factor(step - 1, cfg.warmup, cfg.steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -147,8 +149,11 @@ def train_one(cfg: TrialConfig) -> TrialResult:
             with torch.no_grad():
                 mon = error_estimate(model(x_mon), y_mon, cfg.p)
             model.train()
+            curve.monitor_err_ucb.append((step, mon.err_ucb))
             if mon.err_ucb <= eps_min:
                 break
+    curve.flush(step, cfg.lr * lr_factor(step - 1, cfg.warmup, cfg.steps))
+    result.curves = [curve.to_dict()]
     result.steps_run = step
     result.sec_per_step = (time.perf_counter() - t_train) / max(step, 1)
     result.final_loss = loss_val if math.isfinite(loss_val) else None
