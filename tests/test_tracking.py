@@ -1,0 +1,137 @@
+"""What people see in MLflow and Optuna after a sweep: live runs, learning curves,
+readable names, standard tags, a parent run that summarises its study."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import ROOT, TINY, tiny_spec
+from tests.test_sweep_e2e import check_sweep
+from varbench.orchestrator.cli import app
+from varbench.orchestrator.driver import run_sweep
+from varbench.orchestrator.settings import resolve_settings
+from varbench.orchestrator.store import ResultsStore
+from varbench.orchestrator.tracking import Tracker
+from varbench.sweeps.spec import load_spec
+
+NAME = re.compile(r"^L=\d+ · #\d+ · d=\d+ K=\d \w+$")
+
+
+def check_tracking(spec, settings) -> None:
+    store = ResultsStore(settings.db_url)
+    tracker = Tracker(settings.tracking_uri, f"varbench/{spec.name}")
+    client = tracker.client
+    rows = json.loads(CliRunner().invoke(
+        app, ["frontier", spec.name, "--json", "--db", settings.db_url]).stdout)
+    names = []
+    for cell in store.cells(store.sweep(spec.name).id):
+        parent = client.get_run(tracker.parent_run(cell.study_name, {}))
+        tags, params = parent.data.tags, parent.data.params
+        assert parent.info.run_name == f"var · mlp · L={cell.lipschitz:g}"
+        assert "smallest number of trainable parameters" in tags["mlflow.note.content"]
+        assert tags["mlflow.source.git.commit"] and tags["mlflow.user"]
+        assert params["budget.steps"] == str(spec.budget.steps)
+        assert params["search.width"] == "int 4..16 log"
+        # the parent's N* metrics are the frontier varbench prints
+        nstar = {k: v for k, v in parent.data.metrics.items() if k.startswith("nstar.")}
+        want = {f"nstar.eps_{r['eps']:g}": r["n_star"] for r in rows
+                if r["cell"] == cell.study_name and r["reached"]}
+        assert nstar == want and want
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"frontier.json", "frontier.md", "spec.yaml", "err_vs_n.png"} <= artifacts
+        study = optuna.load_study(study_name=cell.study_name, storage=settings.db_url)
+        assert study.metric_names == ["n_params", "err_ucb"]
+        assert study.user_attrs["sweep"] == spec.name and study.user_attrs["eps"] == spec.eps
+        by_number = {t.number: t for t in study.trials}
+        for row in store.trials(cell.id):
+            run = client.get_run(row.mlflow_run_id)
+            info, tags = run.info, run.data.tags
+            names.append(info.run_name)
+            assert NAME.match(info.run_name), info.run_name
+            assert f"#{row.number} · d={row.config['width']} " in info.run_name
+            assert info.status == ("FINISHED" if row.status == "completed" else "FAILED")
+            # a live run: started when handed out, so it lasted at least the trial
+            assert info.start_time < info.end_time
+            assert (info.end_time - info.start_time) / 1000 >= row.seconds
+            assert tags["mlflow.source.git.commit"] == tags["git.commit"] != ""
+            assert tags["mlflow.user"] and tags["mlflow.source.name"] == "varbench"
+            assert run.data.metrics["search.width"] == row.config["width"]
+            loss = client.get_metric_history(info.run_id, "loss")
+            assert len(loss) > 1 and sorted(m.step for m in loss) == [m.step for m in loss]
+            assert len(client.get_metric_history(info.run_id, "monitor.err_ucb")) >= 1
+            assert "curves.json" in {a.path for a in client.list_artifacts(info.run_id)}
+            attrs = by_number[row.number].user_attrs
+            assert attrs["mlflow_run_id"] == info.run_id and "err" in attrs
+    assert len(names) == len(set(names)) == 2 * spec.trials  # unique across studies
+
+
+def test_sweep_on_sqlite_shows_live_runs_curves_and_a_summary(tmp_path, ray_local):
+    spec = load_spec(TINY)
+    settings = resolve_settings(workdir=str(tmp_path / "work"))
+    run_sweep(spec, settings)
+    check_tracking(spec, settings)
+
+
+def test_sweep_on_a_real_mlflow_server(tmp_path, ray_local, mlflow_server):
+    spec = load_spec(TINY)
+    settings = resolve_settings(workdir=str(tmp_path / "work"), tracking=mlflow_server)
+    run_sweep(spec, settings)
+    check_tracking(spec, settings)
+
+
+def _runs_by_status(mlflow_db) -> dict[str, int]:
+    if not mlflow_db.exists():
+        return {}
+    with sqlite3.connect(f"file:{mlflow_db}?mode=ro", uri=True) as conn:
+        try:
+            return dict(conn.execute(
+                "select status, count(*) from runs where run_uuid in "
+                "(select run_uuid from tags where key = 'varbench.trial') group by status"))
+        except sqlite3.OperationalError:  # tables not made yet
+            return {}
+
+
+def test_running_run_visible_mid_sweep_killed_driver_closed_on_resume(tmp_path):
+    # trials of a few seconds each, one cell, so a run is RUNNING for a while
+    spec_path = tiny_spec(tmp_path, name="live", trials=4, budget={
+        "steps": 300, "warmup": 10, "eval_every": 1000, "n_eval": 256},
+        search={"width": {"low": 20, "high": 40}, "scales": {"low": 3, "high": 3},
+                "interp": ["bicubic"]}, cells={"models": ["var"], "targets": ["mlp"],
+                                               "lipschitz": [1.0]})
+    work = tmp_path / "work"
+    mlflow_db = work / "mlflow.db"
+    command = [os.path.join(os.path.dirname(sys.executable), "varbench"), "run",
+               str(spec_path), "--workdir", str(work), "--no-progress"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not _runs_by_status(mlflow_db).get("RUNNING"):
+            time.sleep(0.3)
+        seen = _runs_by_status(mlflow_db)
+        assert seen.get("RUNNING"), seen  # a live run, visible while its trial trains
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies with its run RUNNING
+        proc.wait(timeout=30)
+    left = _runs_by_status(mlflow_db)
+    assert left.get("RUNNING")
+    settings = resolve_settings(workdir=str(work))
+    spec = load_spec(spec_path)
+    subprocess.run(command, cwd=ROOT, capture_output=True, timeout=600, check=True)  # resume
+    check_sweep(spec, settings, 4)  # no RUNNING left, one run per recorded trial
+    after = _runs_by_status(mlflow_db)
+    assert after.get("KILLED", 0) >= 1 and "RUNNING" not in after
+    tracker = Tracker(settings.tracking_uri, "varbench/live")
+    killed = [r for r in tracker.child_runs("live:var:mlp:L=1") if r.info.status == "KILLED"]
+    assert all("queued again" in r.data.tags["varbench.reason"] for r in killed)
