@@ -461,6 +461,7 @@ def report(
     workdir: WorkOpt = None,
     out: Annotated[str | None, typer.Option(help="Output directory (default WORKDIR/reports/SWEEP).")] = None,
     boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 300,
+    log: Annotated[bool, typer.Option("--log/--no-log", help="Attach the report to the studies' MLflow runs (--no-log: write only the files).")] = True,
 ) -> None:
     """Write the HTML report and markdown summary; log both on the studies' MLflow runs."""
     from pathlib import Path
@@ -469,7 +470,7 @@ def report(
     from varbench.orchestrator.settings import resolve_settings
 
     settings = resolve_settings(workdir, db, tracking)
-    rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot)
+    rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot, log=log)
     for f in rep.fits:
         if f.ok:
             console.print(f"{f.group}: β = {_fmt_ci(f.beta, f.beta_ci)}, γ = {_fmt_ci(f.gamma, f.gamma_ci)}"

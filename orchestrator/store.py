@@ -218,12 +218,35 @@ class ResultsView:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(mask_url(self.url), f"cannot reach the results database ({first})") from None
+        if type(self) is ResultsView:
+            self.check_schema()
 
     def has_schema(self) -> bool:
         """Whether varbench's tables exist here (read-only commands never create them)."""
         from sqlalchemy import inspect
 
         return retry(lambda: inspect(self.engine).has_table(SweepRow.__tablename__))
+
+    def check_schema(self) -> None:
+        """A read needs varbench's tables at this version's head; otherwise one line
+        says so (a read never migrates: the next ``varbench run`` does)."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        where = mask_url(self.url)
+        if not self.has_schema():
+            raise UserError(where, "no varbench tables here yet; run a sweep first")
+
+        def current() -> str | None:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(
+                    conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+        head = ScriptDirectory(_migrations_dir()).get_current_head()
+        have = retry(current)
+        if have != head:
+            raise UserError(where, f"the results store needs a migration (schema {have}, this "
+                            f"varbench expects {head}); the next 'varbench run' on it migrates it")
 
     def _run(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one transaction; rerun it whole when the connection drops.

@@ -13,10 +13,9 @@ import sys
 import time
 
 import optuna
-import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import ROOT, TINY, tiny_spec
+from tests.conftest import ROOT, TINY, assert_user_error, tiny_spec
 from tests.test_sweep_e2e import check_sweep
 from varbench.orchestrator.cli import app
 from varbench.orchestrator.driver import run_sweep
@@ -76,18 +75,80 @@ def check_tracking(spec, settings) -> None:
     assert len(names) == len(set(names)) == 2 * spec.trials  # unique across studies
 
 
+def _dump(db) -> list[str]:
+    """Every row of a SQLite database, as SQL text (its logical content)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return list(conn.iterdump())
+
+
+def _server_counts(tracker: Tracker) -> tuple[int, int]:
+    exps = tracker.client.search_experiments(max_results=1000)
+    runs = tracker.client.search_runs([e.experiment_id for e in exps], max_results=10000)
+    return len(exps), len(runs)
+
+
+READ_ONLY = (["doctor"], ["status"], ["frontier", "tiny"], ["frontier", "tiny", "--json"],
+             ["report", "tiny", "--no-log", "--boot", "20"])
+
+
+def _read_only_commands(tmp_path, work, tracking: str | None = None) -> None:
+    for args in READ_ONLY:
+        extra = ["--workdir", str(work)]
+        if args[0] == "report":
+            extra += ["--out", str(tmp_path / "rep")]
+        if tracking and args[0] in ("doctor", "report"):
+            extra += ["--tracking", tracking]
+        res = CliRunner().invoke(app, [*args, *extra])
+        assert res.exit_code == 0, (args, res.output)
+
+
 def test_sweep_on_sqlite_shows_live_runs_curves_and_a_summary(tmp_path, ray_local):
     spec = load_spec(TINY)
-    settings = resolve_settings(workdir=str(tmp_path / "work"))
+    work = tmp_path / "work"
+    settings = resolve_settings(workdir=str(work))
     run_sweep(spec, settings)
     check_tracking(spec, settings)
+    # read-only commands leave both stores as they were: no experiment, run or table
+    before = {db: _dump(work / db) for db in ("varbench.db", "mlflow.db")}
+    _read_only_commands(tmp_path, work)
+    assert {db: _dump(work / db) for db in before} == before
 
 
 def test_sweep_on_a_real_mlflow_server(tmp_path, ray_local, mlflow_server):
     spec = load_spec(TINY)
-    settings = resolve_settings(workdir=str(tmp_path / "work"), tracking=mlflow_server)
+    work = tmp_path / "work"
+    settings = resolve_settings(workdir=str(work), tracking=mlflow_server)
     run_sweep(spec, settings)
     check_tracking(spec, settings)
+    tracker = Tracker(mlflow_server, "varbench/tiny")
+    before = _server_counts(tracker), _dump(work / "varbench.db")
+    _read_only_commands(tmp_path, work, mlflow_server)
+    assert (_server_counts(tracker), _dump(work / "varbench.db")) == before
+
+
+def test_read_only_commands_on_an_empty_work_dir_create_nothing(tmp_path):
+    work = tmp_path / "work"
+    res = CliRunner().invoke(app, ["doctor", "--workdir", str(work)])
+    assert res.exit_code == 0, res.output
+    assert "no store yet" in res.stdout
+    for args in (["status"], ["frontier", "tiny"]):
+        res = CliRunner().invoke(app, [*args, "--workdir", str(work)])
+        assert res.exit_code == 2 and "no results store here yet" in res.stderr
+    assert not work.exists()
+
+
+def test_a_store_that_needs_a_migration_says_so_in_one_line(tmp_path, ray_local):
+    work = tmp_path / "work"
+    run_sweep(load_spec(tiny_spec(tmp_path, trials=1)), resolve_settings(workdir=str(work)))
+    with sqlite3.connect(work / "varbench.db") as conn:  # as an older varbench left it
+        conn.execute("update varbench_alembic_version set version_num = '0000_older'")
+    before = _dump(work / "varbench.db")
+    for args in (["status"], ["frontier", "tiny"]):
+        res = CliRunner().invoke(app, [*args, "--workdir", str(work)])
+        assert_user_error(res, "needs a migration", "0000_older")
+    res = CliRunner().invoke(app, ["doctor", "--workdir", str(work)])
+    assert res.exit_code == 1 and "FAILED" in res.stdout  # the results store line
+    assert _dump(work / "varbench.db") == before
 
 
 def _runs_by_status(mlflow_db) -> dict[str, int]:
