@@ -412,23 +412,29 @@ def status(
 def ui(
     port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind (default loopback only).")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Web worker processes (MLflow's default is 4).")] = 1,
+    jobs: Annotated[bool, typer.Option("--jobs/--no-jobs", help="Run MLflow's job runner too (off: it starts several more processes).")] = False,
     tracking: TrackOpt = None,
+    db: DbOpt = None,
     workdir: WorkOpt = None,
 ) -> None:
-    """Serve the MLflow UI over the configured tracking store (127.0.0.1 by default)."""
+    """Serve the MLflow UI over the configured tracking store (127.0.0.1 by default):
+    one web worker and no job runner unless asked, so it answers within seconds."""
     import os
-    import shutil
-    import sys
 
     from varbench.orchestrator.settings import resolve_settings
     from varbench.orchestrator.store import mask_url
+    from varbench.orchestrator.tracking import latest_sweep_url, ui_command
 
-    settings = resolve_settings(workdir, None, tracking)
-    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    console.print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}", highlight=False)
-    os.execv(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", settings.tracking_uri,
-                          "--default-artifact-root", settings.artifact_root,
-                          "--host", host, "--port", str(port)])
+    settings = resolve_settings(workdir, db, tracking)
+    argv, env = ui_command(settings, host=host, port=port, workers=workers, jobs=jobs)
+    console.print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}",
+                  highlight=False)
+    latest = latest_sweep_url(settings, f"http://{host}:{port}")
+    if latest:
+        console.print(f"latest sweep: {latest}", highlight=False)
+    os.environ.update(env)
+    os.execv(argv[0], argv)
 
 
 @command

@@ -190,3 +190,57 @@ class Tracker:
             where += f" and attributes.status = '{status}'"
         return self.client.search_runs([self.experiment_id()], filter_string=where,
                                        max_results=10000)
+
+
+def ui_command(settings, *, host: str, port: int, workers: int = 1,
+               jobs: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line (and environment) behind ``varbench ui``.
+
+    MLflow 3's defaults start 4 web workers and a job runner with its own
+    queue workers (15 processes, about 3 GiB, a minute to answer on 2 cores);
+    one uvicorn worker and no job runner answer in seconds. Artifacts are
+    served through the server (``mlflow-artifacts:``) from the work directory.
+    """
+    import os
+    import shutil
+    import sys
+
+    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    argv = [mlflow_bin, "server", "--backend-store-uri", settings.tracking_uri,
+            "--default-artifact-root", settings.artifact_root, "--host", host,
+            "--port", str(port), "--workers", str(workers)]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true" if jobs else "false"}
+    return argv, env
+
+
+def latest_sweep_url(settings, base: str) -> str | None:
+    """The UI page of the latest sweep's experiment (MLflow has no start-page option),
+    found by reads only; None when there is none yet."""
+    from varbench.orchestrator.store import ResultsView, sqlite_path
+
+    for url in (settings.db_url, settings.tracking_uri):
+        path = sqlite_path(url) if url.startswith("sqlite") else None
+        if path is not None and not path.exists():
+            return None
+    try:
+        view = ResultsView(settings.db_url)
+        if not view.has_schema():
+            return None
+        sweeps = sorted(view.sweeps(), key=lambda r: r.updated_at)
+        if not sweeps:
+            return None
+        name = f"varbench/{sweeps[-1].name}"
+        path = sqlite_path(settings.tracking_uri) if settings.tracking_uri.startswith("sqlite") else None
+        if path is not None:  # a read-only look: MLflow's own client would take seconds
+            import sqlite3
+
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                row = conn.execute("select experiment_id from experiments where name = ?",
+                                   (name,)).fetchone()
+            exp_id = row[0] if row else None
+        else:
+            exp = MlflowClient(tracking_uri=settings.tracking_uri).get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp else None
+    except Exception:  # noqa: BLE001 - a hint only; the UI starts anyway
+        return None
+    return f"{base}/#/experiments/{exp_id}" if exp_id is not None else None

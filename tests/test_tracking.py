@@ -196,3 +196,46 @@ def test_running_run_visible_mid_sweep_killed_driver_closed_on_resume(tmp_path):
     tracker = Tracker(settings.tracking_uri, "varbench/live")
     killed = [r for r in tracker.child_runs("live:var:mlp:L=1") if r.info.status == "KILLED"]
     assert all("queued again" in r.data.tags["varbench.reason"] for r in killed)
+
+
+def test_ui_is_light_one_web_worker_no_job_runner(tmp_path, monkeypatch):
+    # the command line: one worker, no job runner, loopback
+    seen = {}
+    monkeypatch.setattr(os, "execv", lambda path, argv: seen.setdefault("argv", argv))
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    res = CliRunner().invoke(app, ["ui", "--workdir", str(tmp_path), "--port", "5999"])
+    assert res.exit_code == 0, res.output
+    argv = seen["argv"]
+    assert argv[argv.index("--workers") + 1] == "1"
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    # and for real: it answers MLflow's API, as two processes (the CLI and one web worker)
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.time()
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "varbench"), "ui",
+                             "--workdir", str(tmp_path), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        answered = None
+        while time.time() - t0 < 120 and answered is None:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+                    data=b'{"max_results": 5}', headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    answered = r.status == 200 and time.time() - t0
+            except OSError:
+                time.sleep(0.3)
+        assert answered, "the UI did not answer within 120 s"
+        group = subprocess.run(["ps", "-e", "-o", "pgid="], capture_output=True, text=True).stdout
+        assert sum(int(g) == proc.pid for g in group.split()) <= 2  # no job runner, 1 worker
+        print(f"varbench ui answered in {answered:.1f} s")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
