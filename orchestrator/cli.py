@@ -438,6 +438,28 @@ def ui(
 
 
 @command
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port for optuna-dashboard.")] = 8080,
+    host: Annotated[str, typer.Option(help="Interface to bind (default loopback only).")] = "127.0.0.1",
+    db: DbOpt = None,
+    workdir: WorkOpt = None,
+) -> None:
+    """Serve optuna-dashboard over the sweeps' Optuna studies (needs varbench[dashboard]):
+    Pareto fronts with named objectives (n_params, err_ucb)."""
+    import os
+
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.orchestrator.store import mask_url
+    from varbench.orchestrator.studies import dashboard_command
+
+    settings = resolve_settings(workdir, db)
+    argv = dashboard_command(settings.db_url, host=host, port=port)
+    console.print(f"optuna-dashboard on http://{host}:{port} over {mask_url(settings.db_url)}",
+                  highlight=False)
+    os.execv(argv[0], argv)
+
+
+@command
 def doctor(
     address: AddrOpt = None,
     db: DbOpt = None,

@@ -108,3 +108,19 @@ class Studies:
             fixed = t.system_attrs.get("fixed_params")
             if fixed:
                 study.enqueue_trial(dict(fixed), user_attrs=dict(t.user_attrs))
+
+
+def dashboard_command(db_url: str, *, host: str, port: int) -> list[str]:
+    """optuna-dashboard over the sweep's Optuna storage (the optional extra
+    ``varbench[dashboard]``); refused in one line when it is not installed."""
+    import os
+    import shutil
+    import sys
+
+    from varbench.workers.errors import UserError
+
+    exe = shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable))
+    if exe is None:
+        raise UserError("dashboard", "optuna-dashboard is not installed; "
+                        "pip install 'varbench[dashboard]'")
+    return [exe, db_url, "--host", host, "--port", str(port), "--quiet"]

@@ -239,3 +239,19 @@ def test_ui_is_light_one_web_worker_no_job_runner(tmp_path, monkeypatch):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_dashboard_binds_loopback_or_names_the_extra(tmp_path, monkeypatch):
+    import shutil
+
+    seen = {}
+    monkeypatch.setattr(os, "execv", lambda path, argv: seen.setdefault("argv", argv))
+    monkeypatch.setattr(shutil, "which", lambda name, path=None: f"/bin/{name}")
+    res = CliRunner().invoke(app, ["dashboard", "--workdir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    argv = seen["argv"]
+    assert argv[0].endswith("optuna-dashboard") and argv[1].startswith("sqlite:///")
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    monkeypatch.setattr(shutil, "which", lambda name, path=None: None)
+    assert_user_error(CliRunner().invoke(app, ["dashboard", "--workdir", str(tmp_path)]),
+                      "varbench[dashboard]")
