@@ -426,23 +426,51 @@ def status(
 def ui(
     port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind (default loopback only).")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Web worker processes (MLflow's default is 4).")] = 1,
+    jobs: Annotated[bool, typer.Option("--jobs/--no-jobs", help="Run MLflow's job runner too (off: it starts several more processes).")] = False,
     tracking: TrackOpt = None,
+    db: DbOpt = None,
     workdir: WorkOpt = None,
 ) -> None:
-    """Serve the MLflow UI over the configured tracking store (127.0.0.1 by default)."""
+    """Serve the MLflow UI over the configured tracking store (127.0.0.1 by default):
+    one web worker and no job runner unless asked, so it answers within seconds."""
     import os
-    import shutil
-    import sys
 
     from varbench.orchestrator.settings import resolve_settings
     from varbench.orchestrator.store import mask_url
+    from varbench.orchestrator.tracking import latest_sweep_url, ui_command
 
-    settings = resolve_settings(workdir, None, tracking)
-    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    console.print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}", highlight=False)
-    os.execv(mlflow_bin, [mlflow_bin, "ui", "--backend-store-uri", settings.tracking_uri,
-                          "--default-artifact-root", settings.artifact_root,
-                          "--host", host, "--port", str(port)])
+    settings = resolve_settings(workdir, db, tracking)
+    argv, env = ui_command(settings, host=host, port=port, workers=workers, jobs=jobs)
+    console.print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}",
+                  highlight=False)
+    latest = latest_sweep_url(settings, f"http://{host}:{port}")
+    if latest:
+        console.print(f"latest sweep: {latest}", highlight=False)
+    os.environ.update(env)
+    os.execv(argv[0], argv)
+
+
+@command
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port for optuna-dashboard.")] = 8080,
+    host: Annotated[str, typer.Option(help="Interface to bind (default loopback only).")] = "127.0.0.1",
+    db: DbOpt = None,
+    workdir: WorkOpt = None,
+) -> None:
+    """Serve optuna-dashboard over the sweeps' Optuna studies (needs varbench[dashboard]):
+    Pareto fronts with named objectives (n_params, err_ucb)."""
+    import os
+
+    from varbench.orchestrator.settings import resolve_settings
+    from varbench.orchestrator.store import mask_url
+    from varbench.orchestrator.studies import dashboard_command
+
+    settings = resolve_settings(workdir, db)
+    argv = dashboard_command(settings.db_url, host=host, port=port)
+    console.print(f"optuna-dashboard on http://{host}:{port} over {mask_url(settings.db_url)}",
+                  highlight=False)
+    os.execv(argv[0], argv)
 
 
 @command
@@ -475,6 +503,7 @@ def report(
     workdir: WorkOpt = None,
     out: Annotated[str | None, typer.Option(help="Output directory (default WORKDIR/reports/SWEEP).")] = None,
     boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 300,
+    log: Annotated[bool, typer.Option("--log/--no-log", help="Attach the report to the studies' MLflow runs (--no-log: write only the files).")] = True,
 ) -> None:
     """Write the HTML report and markdown summary; log both on the studies' MLflow runs."""
     from pathlib import Path
@@ -483,7 +512,7 @@ def report(
     from varbench.orchestrator.settings import resolve_settings
 
     settings = resolve_settings(workdir, db, tracking)
-    rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot)
+    rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot, log=log)
     for f in rep.fits:
         if f.ok:
             console.print(f"{f.group}: β = {_fmt_ci(f.beta, f.beta_ci)}, γ = {_fmt_ci(f.gamma, f.gamma_ci)}"

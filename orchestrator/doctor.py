@@ -57,21 +57,36 @@ def _missing_sqlite(url: str) -> bool:
     return path is not None and not path.exists()
 
 
+def _results_store(settings: Settings) -> Check:
+    name = f"results store {mask_url(settings.db_url)}"
+    if _missing_sqlite(settings.db_url):
+        return Check(name, "ok (no store yet: the first sweep creates it)")
+    view = ResultsView(settings.db_url)
+    try:
+        view.check()
+    except UserError as exc:
+        if "no varbench results" in exc.problem:
+            return Check(name, "ok (reachable; no varbench tables yet: the first sweep creates them)")
+        return Check(name, f"FAILED: {exc.problem}", ok=False)
+    return Check(name, "ok")
+
+
+def _tracking_store(settings: Settings) -> Check:
+    """A read of the tracking store; a local SQLite one that is not there yet is not
+    created (MLflow's client would create it, with its tables, on first use)."""
+    from varbench.orchestrator.tracking import Tracker
+
+    name = f"MLflow {mask_url(settings.tracking_uri)}"
+    if _missing_sqlite(settings.tracking_uri):
+        return Check(name, "ok (no store yet: the first sweep creates it)")
+    return _probe(name, lambda: Tracker(settings.tracking_uri, "").check())
+
+
 def reachability(settings: Settings, address: str | None = None) -> list[Check]:
     """The results store, the MLflow store and (if given) the Ray cluster."""
     from varbench.orchestrator.cluster import check_address
-    from varbench.orchestrator.tracking import Tracker
 
-    db = mask_url(settings.db_url)
-    out = [
-        Check(f"results store {db}", "ok (no store yet: the first sweep creates it)")
-        if _missing_sqlite(settings.db_url) else
-        _probe(f"results store {db}", lambda: ResultsView(settings.db_url).check()),
-        Check(f"MLflow {mask_url(settings.tracking_uri)}", "ok (no store yet: the first sweep creates it)")
-        if _missing_sqlite(settings.tracking_uri) else
-        _probe(f"MLflow {mask_url(settings.tracking_uri)}",
-               lambda: Tracker(settings.tracking_uri, "").check()),
-    ]
+    out = [_results_store(settings), _tracking_store(settings)]
     if address:
         out.append(_probe(f"Ray {address}", lambda: check_address(address)))
     return out

@@ -4,14 +4,16 @@ One driver per sweep (local, or inside a Ray job). It asks Optuna for trials,
 runs them as Ray tasks with resource requests and retries, collects results as
 they finish and, for each, in this order: records it in the results store
 (once: unique per cell and trial number), tells Optuna, hands the freed
-worker its next trial, then logs the MLflow child run and refreshes the
-cell's frontier. Workers only compute; ``studies`` talks to Optuna and
+worker its next trial, then logs the result on the trial's MLflow child run
+(started RUNNING when the trial was handed out) and refreshes the cell's
+frontier. Workers only compute; ``studies`` talks to Optuna and
 ``recorder`` does every write to the store and MLflow.
 
 Resume: running the same sweep again continues it. Optuna trials left RUNNING
 by a dead driver are completed from the store when their result was recorded,
 or failed and their params re-queued when it was not; store rows without an
-MLflow run get theirs (found again by tag, or logged).
+MLflow run get theirs (found again by tag, or logged), and MLflow runs left
+RUNNING for trials never recorded end KILLED.
 """
 
 from __future__ import annotations
@@ -137,8 +139,10 @@ class Driver:
         for variant, target, lip in spec.cell_keys():
             name = study_name(spec, variant, target, lip)
             space = search_space(spec, variant)
-            study = self.studies.open(spec, name, space)
-            cell_id = rec.open_cell(name, variant, target, lip)
+            study = self.studies.open(spec, name, space, attrs={
+                "sweep": spec.name, "cell": name, "variant": variant.label, "target": target,
+                "lipschitz": lip, "eps": list(spec.eps), "spec_hash": spec.spec_hash()})
+            cell_id = rec.open_cell(name, variant, target, lip, space)
             self.cells.append(Cell(cell_id, name, variant, target, lip, study, space))
         self._recover()
         self._check_stop()
@@ -158,9 +162,11 @@ class Driver:
                 else:  # never recorded: run its params again
                     self.studies.requeue(cell.study, t.number, dict(t.params))
             for number, row in recorded.items():
-                if row.mlflow_run_id is None:
-                    self.recorder.publish_trial(cell.cell_id, cell.study_name, number,
-                                                row.result, self.spec.eps, recovering=True)
+                if row.mlflow_run_id is None:  # its run gets the result (or is made)
+                    self.recorder.trial_result(cell.cell_id, cell.study_name, number,
+                                               row.result, recovering=True)
+            # runs left RUNNING for trials never recorded end KILLED, never duplicated
+            self.recorder.close_interrupted(cell.study_name, set(recorded))
 
     def _reference_errors(self) -> None:
         """Each cell's reference errors, computed once by workers."""
@@ -210,7 +216,7 @@ class Driver:
                 for ref in ready:
                     entries = self._inflight[ref]
                     for (cell, trial, _), result in zip(entries, self._collect(ref, entries)):
-                        new = self._record(cell, trial.number, result)
+                        new = self._record(cell, trial, result)
                         ran += 1
                         recorded += int(new)
                         compute += float(result.get("seconds") or 0.0)
@@ -222,8 +228,8 @@ class Driver:
                 self._fill(slots, deadline)
                 for cell, number, result, new in done:
                     if new:
-                        self.recorder.publish_trial(cell.cell_id, cell.study_name, number,
-                                                    result, self.spec.eps)
+                        self.recorder.trial_result(cell.cell_id, cell.study_name, number,
+                                                   result)
                 for cell in {id(c): c for c, _, _, _ in done}.values():
                     self._refresh_frontier(cell)  # once per cell, however many finished
                 self._emit()
@@ -289,6 +295,9 @@ class Driver:
         if fault:  # fault injection (tests): only then do tasks get a runtime env
             options["runtime_env"] = {"env_vars": fault}
         threads = max(1, int(res.cpus))
+        for cell, trial, cfg in entries:  # its MLflow run is RUNNING from now on
+            run_id = self.recorder.start_trial(cell.study_name, trial.number, cfg, cell.space)
+            self.studies.set_trial_attrs(trial, {"mlflow_run_id": run_id})
         if len(entries) == 1:
             ref = trial_task.options(**options).remote(entries[0][2], threads, keys[0])
         else:
@@ -371,15 +380,20 @@ class Driver:
             entries.append(entry)
             self._outgoing.append(entry)
 
-    def _record(self, cell: Cell, number: int, result: dict) -> bool:
+    def _record(self, cell: Cell, trial: optuna.Trial, result: dict) -> bool:
         """Store row first, then Optuna: the sampler sees the result before the next ask.
 
         A crash after this and before the MLflow run is logged is settled on
         resume (rows without an MLflow run get one, the frontier is recomputed).
         """
+        number = trial.number
         new = self.recorder.record_trial(cell.cell_id, number, result)
         if new:
             cell.done += 1
+        self.studies.set_trial_attrs(trial, {
+            "err": result.get("err"), "err_ucb": result.get("err_ucb"),
+            "reason": result.get("reason", ""), "population": result.get("population", 1),
+            "replicas": len(result.get("replica_err_ucb") or []) or 1})
         self.studies.tell(cell.study, number, result["status"], result.get("n_params"),
                           result.get("err_ucb"))
         return new
@@ -398,6 +412,7 @@ class Driver:
         self._inflight.clear()
         self._pending, self._outgoing = [], []
         self._recover()
+        self.recorder.kill_open_trials("the sweep was interrupted; the trial runs again on resume")
 
     def _emit(self) -> None:
         done = sum(c.done for c in self.cells)

@@ -5,24 +5,41 @@ holds the only ``ResultsStore`` (the writing one) and the ``Tracker`` of a
 sweep, and shapes what they receive (rows, MLflow payloads, report
 artifacts, nightly rows), so no other module assembles a write. Read-only
 commands get a ``ResultsView`` instead, which has no write methods.
+
+A trial's MLflow life follows the trial's, as lifecycle hooks the driver
+calls: ``start_trial`` when it is handed to a worker (the run is RUNNING),
+``trial_result`` when its result is recorded (metrics, learning curves, then
+FINISHED or FAILED), ``end_trial`` / ``kill_open_trials`` when a sweep is
+interrupted (KILLED), ``close_interrupted`` when a resume finds runs a dead
+driver left RUNNING. Each study's parent run summarises it: the cell, budget
+and search space as params, ``nstar.eps_<ε>`` metrics updated as the
+frontier moves, the frontier table, the spec and the err-vs-N plot.
 """
 
 from __future__ import annotations
 
+import base64
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
+
 from varbench.orchestrator.lease import Lease
 from varbench.orchestrator.settings import Settings, check_workdir
 from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url, sqlite_path
-from varbench.orchestrator.tracking import Tracker, git_commit
+from varbench.orchestrator.tracking import TRIAL_TAG, Tracker, git_commit, source_tags
 from varbench.sweeps.frontier import FrontierPoint, frontier
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 
 T = TypeVar("T")
 TRIAL_METRICS = ("err", "err_ucb", "rel_err", "n_params", "flops", "steps_run", "seconds",
-                 "sec_per_step", "monitor_err")
+                 "sec_per_step", "population", "monitor_err")
+NSTAR_NOTE = ("N*(ε) is the smallest number of trainable parameters among this study's "
+              "completed trials whose err_ucb (the one-sided 95% upper bound of the error on "
+              "fresh inputs) is at most ε, under this training budget. An ε no trial reached "
+              "has no nstar metric: it is censored (see frontier.md).")
 
 
 def experiment_name(sweep: str) -> str:
@@ -51,6 +68,11 @@ class Recorder:
         self.commit = git_commit()
         self.sweep_id: int | None = None
         self.lease: Lease | None = None
+        self.spec: SweepSpec | None = None
+        self._cells: dict[int, tuple[str, str]] = {}  # cell id -> (study, parent run id)
+        self._names: dict[str, str] = {}  # study -> run-name prefix
+        self._open: dict[tuple[str, int], str] = {}  # (study, number) -> RUNNING run id
+        self._last_front: dict[int, list[FrontierPoint]] = {}
 
     def check(self) -> None:
         """The work directory usable and both stores reachable, before anything is
@@ -89,21 +111,40 @@ class Recorder:
             self.lease = None
 
     def open_sweep(self, spec: SweepSpec) -> int:
-        """Record the sweep, once (a changed spec under the same name is refused)."""
+        """Record the sweep, once (a changed spec under the same name is refused); the
+        experiment's tags link its studies (one experiment per sweep)."""
+        self.spec = spec
         self.sweep_id = self.store.upsert_sweep(
             spec.name, spec.redacted(), spec.spec_hash(),
             {"commit": self.commit, **self.tags})
+        self.tracker.set_experiment_tags({
+            "varbench.sweep": spec.name, "varbench.spec_hash": spec.spec_hash(),
+            "mlflow.note.content": f"varbench sweep {spec.name}: one parent run per study "
+            f"(cell), one child run per trial. {NSTAR_NOTE}", **self.tags})
         return self.sweep_id
 
-    def open_cell(self, study: str, variant: ModelVariant, target: str, lipschitz: float) -> int:
-        """The cell's row and its MLflow parent run."""
+    def open_cell(self, study: str, variant: ModelVariant, target: str, lipschitz: float,
+                  space: dict | None = None) -> int:
+        """The cell's row and its MLflow parent run: the cell, budget and search space as
+        params, a description, the spec as YAML."""
+        spec = self.spec
         cell_id = self.store.upsert_cell(self.sweep_id, study, variant.label, variant.family,
                                          target, lipschitz)
-        self.tracker.parent_run(study, {
-            "varbench.sweep": self.sweep, "varbench.cell": study, "git.commit": self.commit,
-            "varbench.variant": variant.label, "varbench.target": target,
-            "varbench.lipschitz": f"{lipschitz:g}", **self.tags,
-        })
+        parent = self.tracker.parent_run(
+            study,
+            {"varbench.sweep": self.sweep, "varbench.cell": study, "git.commit": self.commit,
+             "varbench.variant": variant.label, "varbench.target": target,
+             "varbench.lipschitz": f"{lipschitz:g}", "varbench.spec_hash": spec.spec_hash(),
+             "mlflow.note.content": _parent_note(spec, variant, target, lipschitz),
+             **source_tags(self.commit), **self.tags},
+            name=f"{variant.label} · {target} · L={lipschitz:g}",
+            params=_parent_params(spec, variant, target, lipschitz, space or {}))
+        self._cells[cell_id] = (study, parent)
+        parts = ([variant.label] if len(spec.cells.models) > 1 else []) + (
+            [target] if len(spec.cells.targets) > 1 else [])
+        self._names[study] = "".join(f"{p} · " for p in parts)  # unique names in the sweep
+        self.tracker.log_text(parent, yaml.safe_dump(spec.model_dump(mode="json"),
+                                                     sort_keys=False), "spec.yaml")
         return cell_id
 
     def cells_without_reference(self) -> set[int]:
@@ -114,44 +155,147 @@ class Recorder:
         self.tracker.log_parent_metrics(study, {
             f"reference.{k}.err_ucb": v["err_ucb"] for k, v in ref.items()})
 
-    # --- trials ------------------------------------------------------------------
+    # --- trials: lifecycle hooks ---------------------------------------------------
 
     def record_trial(self, cell_id: int, number: int, result: dict) -> bool:
         """The trial's row, once; False (and no write) if it is already there."""
         return self.store.record_trial(cell_id, number, result)
 
-    def publish_trial(self, cell_id: int, study: str, number: int, result: dict,
-                      eps: list[float], recovering: bool = False) -> None:
-        """The trial's MLflow child run, and its id on the row."""
-        cfg = result.get("config") or {}
+    def start_trial(self, study: str, number: int, cfg: dict, space: dict) -> str:
+        """The trial's child run, RUNNING from the moment it is handed to a worker:
+        a readable name, the config as params, numeric search values as metrics."""
+        name = (f"{self._names.get(study, '')}L={cfg.get('lipschitz', 0.0):g} · #{number} · "
+                f"{_config_label(cfg, space)}")
         params = {k: v for k, v in cfg.items() if k != "eps"}
-        params["eps_grid"] = ",".join(f"{e:g}" for e in eps)
-        metrics = {k: result.get(k) for k in TRIAL_METRICS}
-        for e, ok in (result.get("reached") or {}).items():
-            metrics[f"reached.{e}"] = float(ok)
-        tags = {
-            "varbench.sweep": self.sweep, "varbench.cell": study, "git.commit": self.commit,
-            "varbench.status": result.get("status", ""),
-            "varbench.reason": result.get("reason", ""),
-            "varbench.db": mask_url(self.settings.db_url), **self.tags,
-        }
-        run_id = self.tracker.log_trial(study, number, params, metrics, tags,
-                                        failed=result.get("status") == "failed",
-                                        recovering=recovering)
+        params["eps_grid"] = ",".join(f"{e:g}" for e in cfg.get("eps", ()))
+        metrics = {f"search.{k}": cfg[k] for k in space
+                   if isinstance(cfg.get(k), (int, float)) and not isinstance(cfg.get(k), bool)}
+        tags = {"varbench.sweep": self.sweep, "varbench.cell": study, "git.commit": self.commit,
+                "varbench.status": "running", "varbench.db": mask_url(self.settings.db_url),
+                **source_tags(self.commit), **self.tags}
+        run_id = self.tracker.start_child(study, number, name, tags, params, metrics)
+        self._open[(study, number)] = run_id
+        return run_id
+
+    def trial_result(self, cell_id: int, study: str, number: int, result: dict,
+                     recovering: bool = False) -> str:
+        """The trial's metrics and learning curves (with their steps, in one log_batch),
+        ``curves.json``, then the run's end; the run id on the store row.
+
+        ``recovering``: a row a dead driver left without its run gets the run it
+        had (only linked, if that run was already ended), or a new one.
+        """
+        run_id = self._open.get((study, number))
+        if run_id is None:
+            run_id = self.tracker.find_trial_run(study, number)
+            if run_id is not None and recovering:
+                if self.tracker.client.get_run(run_id).info.status != "RUNNING":
+                    self.store.set_trial_run_id(cell_id, number, run_id)  # only the link was lost
+                    return run_id
+            if run_id is None:
+                run_id = self.start_trial(study, number, result.get("config") or {}, {})
+            self._open[(study, number)] = run_id
+        metrics = [(k, result.get(k), 0) for k in TRIAL_METRICS]
+        metrics += [(f"reached.{float(e):g}", float(ok), 0)
+                    for e, ok in (result.get("reached") or {}).items()]
+        metrics += _curve_metrics(result)
+        self.tracker.log(run_id, metrics=metrics, tags={
+            "varbench.status": result.get("status", ""), "varbench.reason": result.get("reason", "")})
+        if result.get("curves"):
+            self.tracker.log_dict(run_id, {"replicas": result["curves"],
+                                           "replica_err_ucb": result.get("replica_err_ucb")},
+                                  "curves.json")
+        # a pruned trial ended as designed: FINISHED, its status tag says pruned
+        self.end_trial(study, number, "FAILED" if result.get("status") == "failed"
+                       else "FINISHED")
         self.store.set_trial_run_id(cell_id, number, run_id)
+        return run_id
+
+    def end_trial(self, study: str, number: int, status: str, reason: str = "") -> None:
+        """End the trial's run now: FINISHED, FAILED or KILLED (``reason`` as a tag)."""
+        run_id = self._open.pop((study, number), None) or self.tracker.find_trial_run(study, number)
+        if run_id is None:
+            return
+        if reason:
+            self.tracker.log(run_id, tags={"varbench.status": status.lower(),
+                                           "varbench.reason": reason})
+        self.tracker.end_run(run_id, status)
+
+    def kill_open_trials(self, reason: str) -> None:
+        """An interrupted sweep: every run still open ends KILLED."""
+        for study, number in list(self._open):
+            self.end_trial(study, number, "KILLED", reason)
+
+    def close_interrupted(self, study: str, recorded: set[int]) -> int:
+        """Resume: runs a dead driver left RUNNING for trials it never recorded end
+        KILLED (their params run again as new trials). Returns how many."""
+        closed = 0
+        for run in self.tracker.child_runs(study, status="RUNNING"):
+            key = run.data.tags.get(TRIAL_TAG, "")
+            number = int(key.rsplit("#", 1)[1]) if "#" in key else None
+            if number in recorded or (study, number) in self._open:
+                continue
+            self.tracker.log(run.info.run_id, tags={
+                "varbench.status": "killed",
+                "varbench.reason": "the driver stopped before the trial ended; "
+                                   "its params were queued again"})
+            self.tracker.end_run(run.info.run_id, "KILLED")
+            closed += 1
+        return closed
 
     def trials(self, cell_id: int) -> list[TrialRow]:
         return self.store.trials(cell_id)
 
     def refresh_frontier(self, cell_id: int, eps: list[float]) -> list[FrontierPoint]:
+        """The cell's frontier in the store and, when it moved, on its parent run:
+        ``nstar.eps_<ε>`` metrics (step = completed trials) and the frontier table."""
         points = frontier(self.store.trial_points(cell_id), eps)
         self.store.replace_frontier(cell_id, points)
+        if cell_id in self._cells and self._last_front.get(cell_id) != points:
+            self._last_front[cell_id] = points
+            self._publish_frontier(cell_id, points)
         return points
+
+    def _publish_frontier(self, cell_id: int, points: list[FrontierPoint]) -> None:
+        from varbench.orchestrator.queries import frontier_rows
+        from varbench.orchestrator.report import frontier_markdown
+
+        study, parent = self._cells[cell_id]
+        step = max((p.n_trials for p in points), default=0)
+        metrics = [(f"nstar.eps_{p.eps:g}", p.n_star, step) for p in points if p.reached]
+        best = next((p.best_err for p in points if p.best_err is not None), None)
+        metrics += [("frontier.best_err_ucb", best, step),
+                    ("frontier.eps_reached", sum(p.reached for p in points), step)]
+        self.tracker.log(parent, metrics=metrics)
+        rows = [r for r in frontier_rows(self.store, self.sweep) if r["cell"] == study]
+        self.tracker.log_dict(parent, rows, "frontier.json")
+        self.tracker.log_text(parent, "\n".join([
+            f"# Frontier N*(ε) of {study}", "", NSTAR_NOTE, "", *frontier_markdown(rows)]) + "\n",
+            "frontier.md")
+
+    def _publish_plots(self) -> None:
+        """Each parent's err-vs-N plot (at a sweep's end: drawing is the slow part)."""
+        from varbench.orchestrator.report import plot_err_vs_n
+
+        cells = {c.id: c for c in self.store.cells(self.sweep_id)}
+        for cell_id, (_, parent) in self._cells.items():
+            trials = self.store.trials(cell_id)
+            if cell_id not in cells or not trials:
+                continue
+            png = base64.b64decode(plot_err_vs_n([cells[cell_id]], {cell_id: trials},
+                                                 self.spec.eps))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "err_vs_n.png"
+                path.write_bytes(png)
+                self.tracker.client.log_artifact(parent, str(path))
 
     # --- a sweep's end, reports, nightly rows --------------------------------------
 
     def close_sweep(self, status: str, studies: list[str]) -> None:
         self.store.set_sweep_status(self.sweep_id, status)
+        if status == "interrupted":
+            self.kill_open_trials("the sweep was interrupted")
+        self._publish_plots()
         if status == "completed":
             for study in studies:
                 self.tracker.finish_parent(study)
@@ -166,3 +310,69 @@ class Recorder:
     def record_nightly(self, date: str, regression: bool, comparison: dict) -> None:
         row = self.store.sweep(self.sweep)
         self.store.add_nightly(row.id, date, self.commit, regression, comparison)
+
+
+# --- payload shapes ------------------------------------------------------------------
+
+def _config_label(cfg: dict, space: dict) -> str:
+    """``d=8 K=2 bicubic``, plus every other searched value (``h=2``, ``lr=0.003``)."""
+    short = {"heads": "h", "depth": "depth", "ffn_ratio": "r", "flow_steps": "steps", "lr": "lr"}
+    out = [f"d={cfg.get('width')}", f"K={cfg.get('scales')}", str(cfg.get("interp"))]
+    for k, label in short.items():
+        if k in space or (k == "flow_steps" and cfg.get("model") == "flowar"):
+            v = cfg.get(k)
+            out.append(f"{label}={v:.2g}" if isinstance(v, float) else f"{label}={v}")
+    return " ".join(out)
+
+
+def _curve_metrics(result: dict) -> list[tuple[str, float, int]]:
+    """The learning curves as (key, value, step): ``loss``, ``monitor.err_ucb`` and
+    ``lr`` of the reported (best) replica, and ``replica<i>.*`` of each where there
+    are several."""
+    curves = result.get("curves") or []
+    errs = result.get("replica_err_ucb") or []
+    done = [(e, i) for i, e in enumerate(errs) if e is not None]
+    best = min(done)[1] if len(curves) > 1 and done else 0
+    out = []
+    for i, c in enumerate(curves):
+        prefixes = ([""] if i == best else []) + ([f"replica{i}."] if len(curves) > 1 else [])
+        for prefix in prefixes:
+            for series, key in (("loss", "loss"), ("monitor_err_ucb", "monitor.err_ucb"),
+                                ("lr", "lr")):
+                out += [(prefix + key, v, step) for step, v in c.get(series, [])]
+    return out
+
+
+def _parent_params(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float,
+                   space: dict) -> dict:
+    """The study's cell, budget and search space, as flat params."""
+    out = {"sweep": spec.name, "variant": variant.label, "family": variant.family,
+           "target": target, "lipschitz": lipschitz,
+           "eps_grid": ",".join(f"{e:g}" for e in spec.eps),
+           "trials": spec.trials, "sampler": spec.sampler, "seed": spec.seed}
+    out.update({f"cell.{k}": v for k, v in spec.cells.settings().items()})
+    out.update({f"budget.{k}": v for k, v in spec.budget.model_dump().items()})
+    out.update({f"variant.{k}": v for k, v in variant.model_dump().items() if k != "name"})
+    out.update({f"search.{k}": _describe(d) for k, d in space.items()})
+    return out
+
+
+def _describe(dist) -> str:
+    """An Optuna distribution in a few words: ``int 4..16 log``, ``[bicubic, bilinear]``."""
+    if hasattr(dist, "choices"):
+        return "[" + ", ".join(str(c) for c in dist.choices) + "]"
+    kind = "int" if type(dist).__name__.startswith("Int") else "float"
+    return f"{kind} {dist.low:g}..{dist.high:g}" + (" log" if getattr(dist, "log", False) else "")
+
+
+def _parent_note(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float) -> str:
+    c, b = spec.cells, spec.budget
+    return (f"**{variant.label}** ({variant.family}) on the **{target}** target with "
+            f"Lipschitz constant L = {lipschitz:g}: {c.channels} channel(s), "
+            f"{c.s_first}×{c.s_first} → {c.s_last}×{c.s_last}, {c.inputs} inputs.\n\n"
+            f"Budget per trial: {b.steps} steps of {b.batch_size} fresh inputs, lr {b.lr:g} "
+            f"(warm-up {b.warmup}, cosine decay), monitor every {b.eval_every} steps, final "
+            f"err_p (p = {b.p:g}) on {b.n_eval} fresh inputs, {b.replicas} seed(s) per trial. "
+            f"ε grid: {', '.join(f'{e:g}' for e in spec.eps)}; {spec.trials} trials, "
+            f"{spec.sampler} sampler.\n\n{NSTAR_NOTE} Child runs: one per trial, with its "
+            f"learning curves (loss, monitor.err_ucb, lr).")

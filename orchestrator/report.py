@@ -20,6 +20,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
+import matplotlib.transforms as mtransforms  # noqa: E402
 
 from varbench.orchestrator.queries import frontier_rows  # noqa: E402
 from varbench.orchestrator.store import ResultsView  # noqa: E402
@@ -42,9 +44,13 @@ class Report:
     plots: dict[str, str]  # title -> base64 PNG
 
 
+FIG_WIDTH = 11.0  # inches: at DPI, about 1100 px wide, the width of the report's page
+DPI = 100
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
@@ -73,60 +79,142 @@ def scaling_fits(cells, trials, eps, n_boot: int = N_BOOT) -> list[ScalingFit]:
     return [fit_scaling(name, cts, eps, n_boot=n_boot) for name, cts in sorted(groups.items())]
 
 
-def _loglog(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 7) -> None:
+def _tick_label(v: float, _pos=None) -> str:
+    """Plain numbers where short (0.01, 500, 2000), powers of ten beyond."""
+    if v <= 0:
+        return ""
+    if 1e-3 <= v < 1e5:
+        return f"{v:g}"
+    exp = math.floor(math.log10(v) + 1e-9)
+    mant = v / 10 ** exp
+    return f"$10^{{{exp}}}$" if abs(mant - 1) < 1e-6 else f"${mant:g}\\times10^{{{exp}}}$"
+
+
+def _log_axis(axis) -> None:
+    """Labelled major ticks only: decades, or 1-2-5 steps when the data span less than
+    about two decades; minor ticks unlabelled (their labels used to overlap)."""
+    lo, hi = axis.get_view_interval()
+    lo, hi = min(lo, hi), max(lo, hi)
+    decades = math.log10(hi / lo) if lo > 0 and hi > 0 else 3
+    subs = (1.0,) if decades > 2.2 else (1.0, 2.0, 5.0) if decades > 0.8 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+    axis.set_major_locator(mticker.LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(mticker.FuncFormatter(_tick_label))
+    axis.set_minor_locator(mticker.LogLocator(base=10, subs=tuple(range(1, 10))))
+    axis.set_minor_formatter(mticker.NullFormatter())
+
+
+def _loglog(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 9,
+            outside: bool = False) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _log_axis(ax.xaxis)
+    _log_axis(ax.yaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=legend_size)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, which="major", color="0.9", lw=0.8)
+    if ax.get_legend_handles_labels()[0]:
+        where = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if outside else {"loc": "best"}
+        ax.legend(fontsize=legend_size, framealpha=0.9, **where)
+
+
+def _eps_lines(ax, eps) -> None:
+    """The ε grid as dotted lines, each labelled at the right edge."""
+    trans = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
+    for e in eps:
+        ax.axhline(e, color="0.55", lw=0.8, ls=":")
+        ax.text(1.005, e, f"ε={e:g}", transform=trans, fontsize=8, color="0.35",
+                va="center", ha="left", clip_on=False)
+
+
+def _grid(n: int, height: float):
+    cols = 1 if n == 1 else 2
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(FIG_WIDTH, height * rows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _l_colours(values) -> dict[float, str]:
+    """One colour per Lipschitz constant, the same in every plot of a report."""
+    return {L: f"C{i}" for i, L in enumerate(sorted(set(values)))}
+
+
+MARKERS = "osD^vP*X"
 
 
 def plot_err_vs_n(cells, trials, eps) -> str:
-    n = len(cells)
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, c in zip(axes.flat, cells):
-        done = [t for t in trials[c.id] if t.status == "completed" and t.err_ucb]
-        by_interp = defaultdict(list)
-        for t in done:
-            by_interp[(t.config or {}).get("interp", "?")].append(t)
-        for interp, ts in sorted(by_interp.items()):
-            ax.scatter([t.n_params for t in ts], [t.err_ucb for t in ts], s=14, label=interp, alpha=0.8)
-        front = pareto_front(TrialPoint(t.number, t.n_params, t.err_ucb, t.status) for t in done)
-        if front:
-            ax.step([p.n_params for p in front], [p.err_ucb for p in front], where="post",
-                    color="k", lw=1.2, label="Pareto front")
-        for e in eps:
-            ax.axhline(e, color="grey", lw=0.6, ls=":")
-        ref = (c.reference or {}).get("affine", {}).get("err_ucb")
-        if ref:
-            ax.axhline(ref, color="tab:red", lw=0.9, ls="--", label="best affine")
-        _loglog(ax, "N (parameters)", "err_ucb", f"{c.variant} {c.target} L={c.lipschitz:g}", 6)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
+    """One panel per (model variant, target): every completed trial, coloured by L and
+    shaped by interpolation, each L's Pareto front, the ε grid and the best affine map."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for c in cells:
+        groups[(c.variant, c.target)].append(c)
+    colours = _l_colours(c.lipschitz for c in cells)
+    interps = sorted({(t.config or {}).get("interp", "?") for ts in trials.values() for t in ts})
+    marker = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(interps)}
+    fig, axes = _grid(len(groups), 5.0)
+    for ax, ((variant, target), group) in zip(axes.flat, sorted(groups.items())):
+        for c in sorted(group, key=lambda c: c.lipschitz):
+            col = colours[c.lipschitz]
+            done = [t for t in trials[c.id] if t.status == "completed" and t.err_ucb]
+            for interp in interps:
+                ts = [t for t in done if (t.config or {}).get("interp", "?") == interp]
+                if ts:
+                    ax.scatter([t.n_params for t in ts], [t.err_ucb for t in ts], s=28,
+                               color=col, marker=marker[interp], alpha=0.75, linewidths=0)
+            front = pareto_front(TrialPoint(t.number, t.n_params, t.err_ucb, t.status) for t in done)
+            if front:
+                ax.step([p.n_params for p in front], [p.err_ucb for p in front], where="post",
+                        color=col, lw=1.4, label=f"L={c.lipschitz:g} Pareto front")
+            ref = (c.reference or {}).get("affine", {}).get("err_ucb")
+            if ref:
+                ax.axhline(ref, color=col, lw=1.0, ls="--", label=f"L={c.lipschitz:g} best affine map")
+        for interp in interps if len(interps) > 1 else []:
+            ax.scatter([], [], color="0.4", marker=marker[interp], label=interp)
+        _eps_lines(ax, eps)
+        _loglog(ax, "N (trainable parameters)", "err_ucb", f"{variant} on {target}: error vs size")
     return _png(fig)
 
 
-def plot_nstar_vs_eps(fits: list[ScalingFit]) -> str | None:
-    pooled = [f for f in fits if f.group.endswith("/ pooled") and f.points]
+def plot_nstar_vs_eps(fits: list[ScalingFit], rows: list[dict] | None = None) -> str | None:
+    """N* vs ε per L on log-log axes with the fitted law; ε not reached (censored) drawn
+    as open triangles at the largest N tried: N* is above it, if it exists."""
+    pooled = [f for f in fits if f.group.endswith("/ pooled") and (f.points or rows)]
     if not pooled:
         return None
-    fig, axes = plt.subplots(1, len(pooled), figsize=(4.4 * len(pooled), 3.6), squeeze=False)
+    rows = rows or []
+    colours = _l_colours([L for f in pooled for L, _, _ in f.points] + [r["lipschitz"] for r in rows])
+    fig, axes = _grid(len(pooled), 5.0)
     for ax, f in zip(axes.flat, pooled):
+        variant, target = (part.strip() for part in f.group.split("/")[:2])
+        mine = [r for r in rows if r["variant"] == variant and r["target"] == target]
         by_l = defaultdict(list)
         for L, e, n in f.points:
             by_l[L].append((e, n))
-        for i, (L, pts) in enumerate(sorted(by_l.items())):
-            pts.sort()
-            color = f"C{i}"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=color, label=f"L={L:g}")
-            if f.gamma is not None:
+        ls = sorted(set(by_l) | {r["lipschitz"] for r in mine})
+        for k, L in enumerate(ls):
+            col, pts = colours[L], sorted(by_l.get(L, []))
+            nudge = 1 + 0.03 * (k - (len(ls) - 1) / 2)  # censored markers of each L side by side
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=col, ms=6,
+                        label=f"L={L:g}")
+            if f.gamma is not None and pts:
                 es = sorted({p[0] for p in pts})
                 line = [math.exp(f.a + (f.beta or 0) * math.log(L) - f.gamma * math.log(e)) for e in es]
-                ax.plot(es, line, "-", color=color, lw=1)
-        _loglog(ax, "ε", "N*", f.group)
+                ax.plot(es, line, "-", color=col, lw=1.2)
+            cens = [r for r in mine if r["lipschitz"] == L and not r["reached"] and r["max_n_tried"]]
+            if cens:
+                ax.plot([r["eps"] * nudge for r in cens], [r["max_n_tried"] for r in cens], "^", color=col,
+                        mfc="none", ms=9, mew=1.4)
+        if any(not r["reached"] for r in mine):
+            ax.plot([], [], "^", color="0.3", mfc="none", ms=9, mew=1.4,
+                    label="not reached: N* above the\nlargest N tried (censored)")
+        _loglog(ax, "ε (target accuracy)", "N* (smallest N reaching ε)", f.group, outside=True)
+        grid = sorted({r["eps"] for r in mine} | {e for _, e, _ in f.points})
+        if grid:  # the ε grid itself as the labelled ticks
+            ax.xaxis.set_major_locator(mticker.FixedLocator(grid))
+            ax.xaxis.set_minor_locator(mticker.NullLocator())
     return _png(fig)
 
 
@@ -135,7 +223,7 @@ def plot_family_compare(rows: list[dict]) -> str | None:
     if len(fams) < 2:
         return None
     keys = sorted({(r["target"], r["lipschitz"]) for r in rows})
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+    fig, axes = _grid(len(keys), 4.6)
     for ax, (tgt, L) in zip(axes.flat, keys):
         for i, var in enumerate(sorted({r["variant"] for r in rows})):
             pts = [(r["eps"], r["n_star"]) for r in rows
@@ -207,7 +295,7 @@ def build_report(store: ResultsView, sweep: str, out_dir: Path, n_boot: int = N_
     if fits is None:
         fits = scaling_fits(cells, trials, eps, n_boot=n_boot)
     plots = {"Error vs N with the Pareto front, per cell": plot_err_vs_n(cells, trials, eps)}
-    p = plot_nstar_vs_eps(fits)
+    p = plot_nstar_vs_eps(fits, rows)
     if p:
         plots["N* vs ε per L (log-log) with the fitted law"] = p
     p = plot_family_compare(rows)
@@ -265,7 +353,7 @@ def _html(sweep: str, md: list[str], plots: dict[str, str]) -> str:
                     f"src=\"data:image/png;base64,{b64}\">")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "img{max-width:100%}")
+             "img{width:100%;height:auto}")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>varbench report: "
             f"{html.escape(sweep)}</title><style>{style}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")

@@ -273,20 +273,40 @@ class ResultsView:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(mask_url(self.url), f"cannot reach the results database ({first})") from None
         if type(self) is ResultsView:  # a reader needs varbench's tables, and never makes them
-            try:
-                ok = self.has_schema()
-            except Exception as exc:  # noqa: BLE001 - e.g. a malformed SQLite file
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise UserError(mask_url(self.url), f"cannot read the results database ({first})") from None
-            if not ok:
-                raise UserError(mask_url(self.url), "no varbench results in this database yet; "
-                                "run a sweep first, or point --workdir / --db at one")
+            self.check_schema()
 
     def has_schema(self) -> bool:
         """Whether varbench's tables exist here (read-only commands never create them)."""
         from sqlalchemy import inspect
 
         return retry(lambda: inspect(self.engine).has_table(SweepRow.__tablename__))
+
+    def check_schema(self) -> None:
+        """A read needs varbench's tables at this version's head; otherwise one line
+        says so (a read never migrates: the next ``varbench run`` does)."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        where = mask_url(self.url)
+        try:
+            ok = self.has_schema()
+        except Exception as exc:  # noqa: BLE001 - e.g. a malformed SQLite file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(where, f"cannot read the results database ({first})") from None
+        if not ok:
+            raise UserError(where, "no varbench results in this database yet; "
+                            "run a sweep first, or point --workdir / --db at one")
+
+        def current() -> str | None:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(
+                    conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+        head = ScriptDirectory(_migrations_dir()).get_current_head()
+        have = retry(current)
+        if have != head:
+            raise UserError(where, f"the results store needs a migration (schema {have}, this "
+                            f"varbench expects {head}); the next 'varbench run' on it migrates it")
 
     def _run(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one transaction; rerun it whole when the connection drops.

@@ -10,6 +10,7 @@ harmless to repeat.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -21,6 +22,7 @@ from varbench.sweeps.samplers import make_sampler
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 
 DIRECTIONS = ["minimize", "minimize"]  # (N, err_ucb)
+METRIC_NAMES = ["n_params", "err_ucb"]
 
 
 def study_name(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float) -> str:
@@ -41,11 +43,27 @@ class Studies:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage = retry(lambda: optuna_storage(url))
 
-    def open(self, spec: SweepSpec, name: str, space: dict[str, BaseDistribution]) -> optuna.Study:
+    def open(self, spec: SweepSpec, name: str, space: dict[str, BaseDistribution],
+             attrs: dict | None = None) -> optuna.Study:
+        """The cell's study, with named objectives (dashboards show them) and ``attrs``
+        (sweep, cell, ε grid, spec hash) as user attributes."""
         sampler = make_sampler(spec.sampler, spec.eps, space, seed=spec.seed)
-        return retry(lambda: optuna.create_study(
+        study = retry(lambda: optuna.create_study(
             storage=self.storage, study_name=name, sampler=sampler, directions=DIRECTIONS,
             load_if_exists=True))
+        if study.metric_names != METRIC_NAMES:
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry(lambda: study.set_metric_names(METRIC_NAMES))
+        for k, v in (attrs or {}).items():
+            if study.user_attrs.get(k) != v:
+                retry(lambda k=k, v=v: study.set_user_attr(k, v))
+        return study
+
+    def set_trial_attrs(self, trial: optuna.Trial, attrs: dict) -> None:
+        """User attributes of a trial still running (MLflow run id, err, reason, ...)."""
+        for k, v in attrs.items():
+            retry(lambda k=k, v=v: trial.set_user_attr(k, v))
 
     def ask(self, study: optuna.Study, space: dict[str, BaseDistribution],
             ours: Callable[[], set[int]]) -> optuna.Trial:
@@ -92,3 +110,19 @@ class Studies:
             fixed = t.system_attrs.get("fixed_params")
             if fixed:
                 study.enqueue_trial(dict(fixed), user_attrs=dict(t.user_attrs))
+
+
+def dashboard_command(db_url: str, *, host: str, port: int) -> list[str]:
+    """optuna-dashboard over the sweep's Optuna storage (the optional extra
+    ``varbench[dashboard]``); refused in one line when it is not installed."""
+    import os
+    import shutil
+    import sys
+
+    from varbench.workers.errors import UserError
+
+    exe = shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable))
+    if exe is None:
+        raise UserError("dashboard", "optuna-dashboard is not installed; "
+                        "pip install 'varbench[dashboard]'")
+    return [exe, db_url, "--host", host, "--port", str(port), "--quiet"]

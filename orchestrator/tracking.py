@@ -1,15 +1,17 @@
-"""MLflow tracking, written through the recorder only.
+"""MLflow tracking, written through the recorder only (which shapes every payload).
 
-A parent run per study, a child run per trial (params, metrics, tags for the
-sweep, the cell and the git commit). Tracking URI ``sqlite:///`` in the work
-directory by default (MLflow 3 refuses the plain file store), or a server.
-Every trial's child run carries ``varbench.trial`` = "<study>#<number>", so a
-driver that died between logging and recording finds it again instead of
-logging it twice.
+A parent run per study, a child run per trial. A child run is created RUNNING
+when its trial is handed to a worker and terminated FINISHED / FAILED / KILLED
+when it ends, so durations and live runs are true. Tracking URI ``sqlite:///``
+in the work directory by default (MLflow 3 refuses the plain file store), or a
+server. Every trial's child run carries ``varbench.trial`` =
+"<study>#<number>", so a driver that died finds its runs again instead of
+logging them twice.
 """
 
 from __future__ import annotations
 
+import getpass
 import math
 import socket
 import subprocess
@@ -25,6 +27,21 @@ from varbench.workers.errors import UserError
 
 PARENT_TAG = "varbench.study"
 TRIAL_TAG = "varbench.trial"
+BATCH_METRICS = 1000  # MLflow's limit of metrics per log_batch
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def source_tags(commit: str) -> dict[str, str]:
+    """The standard ``mlflow.*`` tags the UI shows as Source, User and Version."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (some containers)
+        user = "unknown"
+    return {"mlflow.source.name": "varbench", "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": commit, "mlflow.user": user}
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -117,67 +134,138 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def parent_run(self, study: str, tags: dict[str, str]) -> str:
-        """The study's parent run, created once."""
+    def set_experiment_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_experiment_tag(self.experiment_id(), k, v)
+
+    def parent_run(self, study: str, tags: dict[str, str], name: str | None = None,
+                   params: dict | None = None) -> str:
+        """The study's parent run, created once (its params with it: they never change)."""
         if study in self._parents:
             return self._parents[study]
         run_id = self._find(PARENT_TAG, study)
         if run_id is None:
             run = self.client.create_run(
-                self.experiment_id(), run_name=study, tags={PARENT_TAG: study, **tags}
+                self.experiment_id(), run_name=name or study, tags={PARENT_TAG: study, **tags}
             )
             run_id = run.info.run_id
+            self.log(run_id, params=params or {})
+        elif tags:
+            self.log(run_id, tags=tags)  # a resumed sweep's commit, note, ...
         self._parents[study] = run_id
         return run_id
 
-    def log_trial(
-        self,
-        study: str,
-        number: int,
-        params: dict,
-        metrics: dict[str, float | None],
-        tags: dict[str, str],
-        failed: bool,
-        recovering: bool = False,
-    ) -> str:
-        """One child run for one trial; with ``recovering``, reuse one already logged."""
-        key = f"{study}#{number}"
-        if recovering:
-            found = self._find(TRIAL_TAG, key)
-            if found is not None:
-                return found
+    def find_trial_run(self, study: str, number: int) -> str | None:
+        return self._find(TRIAL_TAG, f"{study}#{number}")
+
+    def start_child(self, study: str, number: int, name: str, tags: dict[str, str],
+                    params: dict, metrics: dict[str, float | None]) -> str:
+        """A trial's child run, RUNNING from now on (reused if one exists for it)."""
+        found = self.find_trial_run(study, number)
+        if found is not None:
+            return found
         parent = self.parent_run(study, {})
         run = self.client.create_run(
-            self.experiment_id(),
-            run_name=f"trial-{number}",
-            tags={"mlflow.parentRunId": parent, TRIAL_TAG: key, **tags},
-        )
-        ts = int(time.time() * 1000)
-        self.client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()
-                     if v is not None and math.isfinite(v)],
-            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-            tags=[RunTag(k, str(v)) for k, v in tags.items()],
-        )
-        self.client.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
+            self.experiment_id(), start_time=now_ms(), run_name=name,
+            tags={"mlflow.parentRunId": parent, TRIAL_TAG: f"{study}#{number}", **tags})
+        self.log(run.info.run_id, metrics=[(k, v, 0) for k, v in metrics.items()],
+                 params=params)
         return run.info.run_id
 
-    def log_parent_metrics(self, study: str, metrics: dict[str, float]) -> None:
-        run_id = self.parent_run(study, {})
-        ts = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0)
-                                               for k, v in metrics.items() if math.isfinite(v)])
+    def log(self, run_id: str, metrics: list[tuple[str, float | None, int]] = (),
+            params: dict | None = None, tags: dict | None = None) -> None:
+        """Metrics as (key, value, step), with params and tags: one log_batch (or as
+        few as MLflow's limit allows); non-finite values are left out."""
+        ts = now_ms()
+        ms = [Metric(k, float(v), ts, int(step)) for k, v, step in metrics
+              if v is not None and math.isfinite(float(v))]
+        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        ts_ = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        first = True
+        while first or ms:
+            chunk, ms = ms[:BATCH_METRICS], ms[BATCH_METRICS:]
+            if chunk or (first and (ps or ts_)):
+                self.client.log_batch(run_id, metrics=chunk, params=ps if first else [],
+                                      tags=ts_ if first else [])
+            first = False
+
+    def log_dict(self, run_id: str, data: dict | list, path: str) -> None:
+        self.client.log_dict(run_id, data, path)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """FINISHED, FAILED or KILLED, ending now."""
+        self.client.set_terminated(run_id, status, end_time=now_ms())
+
+    def log_parent_metrics(self, study: str, metrics: dict[str, float], step: int = 0) -> None:
+        self.log(self.parent_run(study, {}), metrics=[(k, v, step) for k, v in metrics.items()])
 
     def finish_parent(self, study: str) -> None:
-        self.client.set_terminated(self.parent_run(study, {}), "FINISHED")
+        self.client.set_terminated(self.parent_run(study, {}), "FINISHED", end_time=now_ms())
 
     def log_artifact(self, study: str, path: str | Path) -> None:
         self.client.log_artifact(self.parent_run(study, {}), str(path))
 
-    def child_runs(self, study: str) -> list:
+    def child_runs(self, study: str, status: str | None = None) -> list:
         parent = self.parent_run(study, {})
-        return self.client.search_runs(
-            [self.experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
-            max_results=10000,
-        )
+        where = f"tags.`mlflow.parentRunId` = '{parent}'"
+        if status:
+            where += f" and attributes.status = '{status}'"
+        return self.client.search_runs([self.experiment_id()], filter_string=where,
+                                       max_results=10000)
+
+
+def ui_command(settings, *, host: str, port: int, workers: int = 1,
+               jobs: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line (and environment) behind ``varbench ui``.
+
+    MLflow 3's defaults start 4 web workers and a job runner with its own
+    queue workers (15 processes, about 3 GiB, a minute to answer on 2 cores);
+    one uvicorn worker and no job runner answer in seconds. Artifacts are
+    served through the server (``mlflow-artifacts:``) from the work directory.
+    """
+    import os
+    import shutil
+    import sys
+
+    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    argv = [mlflow_bin, "server", "--backend-store-uri", settings.tracking_uri,
+            "--default-artifact-root", settings.artifact_root, "--host", host,
+            "--port", str(port), "--workers", str(workers)]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true" if jobs else "false"}
+    return argv, env
+
+
+def latest_sweep_url(settings, base: str) -> str | None:
+    """The UI page of the latest sweep's experiment (MLflow has no start-page option),
+    found by reads only; None when there is none yet."""
+    from varbench.orchestrator.store import ResultsView, sqlite_path
+
+    for url in (settings.db_url, settings.tracking_uri):
+        path = sqlite_path(url) if url.startswith("sqlite") else None
+        if path is not None and not path.exists():
+            return None
+    try:
+        view = ResultsView(settings.db_url)
+        if not view.has_schema():
+            return None
+        sweeps = sorted(view.sweeps(), key=lambda r: r.updated_at)
+        if not sweeps:
+            return None
+        name = f"varbench/{sweeps[-1].name}"
+        path = sqlite_path(settings.tracking_uri) if settings.tracking_uri.startswith("sqlite") else None
+        if path is not None:  # a read-only look: MLflow's own client would take seconds
+            import sqlite3
+
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                row = conn.execute("select experiment_id from experiments where name = ?",
+                                   (name,)).fetchone()
+            exp_id = row[0] if row else None
+        else:
+            exp = MlflowClient(tracking_uri=settings.tracking_uri).get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp else None
+    except Exception:  # noqa: BLE001 - a hint only; the UI starts anyway
+        return None
+    return f"{base}/#/experiments/{exp_id}" if exp_id is not None else None

@@ -54,3 +54,25 @@ def test_replicas_report_best_and_spread():
 def test_population_rejects_mixed_shapes():
     with pytest.raises(ValueError):
         run_population([TrialConfig(width=8), TrialConfig(width=16)])
+
+
+def test_learning_curves_alone_and_in_a_population_agree():
+    # every trial returns a compact curve: loss every k steps (k = steps / 100, here 1),
+    # the monitor err_ucb every eval_every, and the lr; a population one per replica
+    cfgs = [TrialConfig(target="mlp", lipschitz=2.0, width=8, steps=40, eval_every=10,
+                        n_eval=128, seed=s, lr=lr, eps=(1e-6,))
+            for s, lr in ((1, 1e-2), (2, 3e-3))]
+    together = run_population(cfgs)
+    alone = [run_trial(c) for c in cfgs]
+    for a, b in zip(together, alone):
+        (ca,), (cb,) = a.curves, b.curves
+        assert [s for s, _ in ca["loss"]] == list(range(1, 41))
+        assert [s for s, _ in ca["monitor_err_ucb"]] == [10, 20, 30, 40]
+        assert [s for s, _ in ca["lr"]] == [s for s, _ in cb["lr"]]
+        for (_, x), (_, y) in zip(ca["loss"], cb["loss"]):
+            assert math.isclose(x, y, rel_tol=1e-4)
+        assert ca["lr"] == cb["lr"]
+    assert together[1].curves[0]["lr"][-1][1] < 3e-3  # cosine decay, replica's own lr
+    r = run_trial(TrialConfig(target="mlp", lipschitz=2.0, width=8, steps=400, eval_every=100,
+                              n_eval=128, replicas=2, eps=(1e-6,)))
+    assert len(r.curves) == 2 and all(len(c["loss"]) == 100 for c in r.curves)  # k = 4

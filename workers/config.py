@@ -94,6 +94,49 @@ class TrialConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+CURVE_POINTS = 100  # about this many loss points per curve, whatever the step budget
+
+
+def curve_every(steps: int) -> int:
+    """The loss is averaged over windows of this many steps (k), so a curve stays compact."""
+    return max(1, -(-steps // CURVE_POINTS))
+
+
+@dataclass
+class Curve:
+    """A compact learning curve: (step, value) pairs per series.
+
+    ``loss``: the training loss averaged over each window of ``curve_every``
+    steps; ``monitor_err_ucb``: the monitor batch's err_ucb every
+    ``eval_every`` steps; ``lr``: the learning rate at the loss points.
+    """
+
+    every: int = 1
+    loss: list[tuple[int, float]] = field(default_factory=list)
+    monitor_err_ucb: list[tuple[int, float]] = field(default_factory=list)
+    lr: list[tuple[int, float]] = field(default_factory=list)
+    _sum: float = 0.0
+    _n: int = 0
+
+    def add_loss(self, step: int, loss: float, lr: float) -> None:
+        self._sum += loss
+        self._n += 1
+        if step % self.every == 0:
+            self.flush(step, lr)
+
+    def flush(self, step: int, lr: float) -> None:
+        """Close the open window at ``step`` (the last, partial one at the trial's end)."""
+        if self._n:
+            self.loss.append((step, self._sum / self._n))
+            self.lr.append((step, lr))
+            self._sum, self._n = 0.0, 0
+
+    def to_dict(self) -> dict:
+        return {"every": self.every, "loss": [list(p) for p in self.loss],
+                "monitor_err_ucb": [list(p) for p in self.monitor_err_ucb],
+                "lr": [list(p) for p in self.lr]}
+
+
 @dataclass
 class TrialResult:
     """What a worker returns; the driver records it."""
@@ -116,6 +159,8 @@ class TrialResult:
     population: int = 1  # how many models trained together in the step loop
     monitor_err: float | None = None  # the last monitor err_ucb (what a pruned trial reached)
     pruned_at: int | None = None  # step the stopping rule fired (also when only observed)
+    # learning curves, one per replica (``Curve.to_dict``): the trial's own first
+    curves: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
     # a paused trial's state (workers.training.train_one); bytes, never in the stores

@@ -25,7 +25,7 @@ from varbench.models.inputs import sample_inputs
 from varbench.models.metrics import error_estimate
 from varbench.models.population import PopulationVAR
 from varbench.models.var import var_params
-from varbench.workers.config import TrialConfig, TrialResult
+from varbench.workers.config import Curve, TrialConfig, TrialResult, curve_every
 from varbench.workers.stopping import StopRule
 from varbench.workers.training import (
     MONITOR_SIZE,
@@ -205,6 +205,7 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
     eps_min = min(c0.eps)
     rules = [StopRule(c.bar, c.steps, c.eval_every) for c in cfgs]
     monitor: list[float | None] = [None] * r
+    curves = [Curve(every=curve_every(c0.steps)) for _ in cfgs]
     t_train = time.perf_counter()
     for step in range(1, c0.steps + 1):
         x = torch.stack([sample(c0, g) for g in gens]).to(device)
@@ -219,6 +220,9 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
             if not math.isfinite(losses[i]):
                 status[i], reason[i] = "failed", non_finite(losses[i], step)
                 active[i] = False
+            else:
+                curves[i].add_loss(step, losses[i],
+                                   cfgs[i].lr * lr_factor(step - 1, c0.warmup, c0.steps))
         if not bool(active.any()):
             break
         # replicas share no parameter: d(sum of losses)/dθ_i = d(loss_i)/dθ_i
@@ -234,6 +238,7 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
                 if not active[i]:
                     continue
                 monitor[i] = error_estimate(pred[i], y_mon[i], c0.p).err_ucb
+                curves[i].monitor_err_ucb.append((step, monitor[i]))
                 if monitor[i] <= eps_min:
                     active[i] = False  # early stop, exactly as alone
                 elif rules[i].check(step, monitor[i]) and cfgs[i].prune:
@@ -250,6 +255,8 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
                           pruned_at=rules[i].fired_at,
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
         res.sec_per_step = train_seconds / max(sum(steps_run), 1)
+        curves[i].flush(steps_run[i], c.lr * lr_factor(steps_run[i] - 1, c0.warmup, c0.steps))
+        res.curves = [curves[i].to_dict()]
         finish(res, lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)
         res.seconds = (time.perf_counter() - t0) / r
         results.append(res)

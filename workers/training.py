@@ -29,7 +29,7 @@ from varbench.models.metrics import (
     per_sample_power,
 )
 from varbench.models.targets import Target, make_target
-from varbench.workers.config import TrialConfig, TrialResult
+from varbench.workers.config import Curve, TrialConfig, TrialResult, curve_every
 from varbench.workers.stopping import StopRule
 
 # Disjoint random streams per trial seed: training, monitoring, final eval.
@@ -150,6 +150,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
         start, loss_val = _restore(resume, model, opt, sched, train_gen, rule)
     step = start
     last = min(cfg.steps, pause_at) if pause_at is not None else cfg.steps
+    curve = Curve(every=curve_every(cfg.steps))  # of this run (a resumed one: from its start)
     t_train = time.perf_counter()
     for step in range(start + 1, last + 1):
         x = sample_inputs(cfg.inputs, cfg.batch_size, cfg.channels, cfg.s_first, train_gen)
@@ -159,6 +160,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
         if not math.isfinite(loss_val):
             result.status, result.reason = "failed", non_finite(loss_val, step)
             break
+        curve.add_loss(step, loss_val, cfg.lr * lr_factor(step - 1, cfg.warmup, cfg.steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -170,6 +172,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
             with torch.no_grad():
                 mon = error_estimate(model(x_mon), y_mon, cfg.p)
             model.train()
+            curve.monitor_err_ucb.append((step, mon.err_ucb))
             result.monitor_err = mon.err_ucb
             if mon.err_ucb <= eps_min:
                 break
@@ -180,6 +183,8 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
         if result.status == "completed" and step < cfg.steps:
             result.checkpoint = _snapshot(step, loss_val, model, opt, sched, train_gen, rule)
     result.pruned_at = rule.fired_at
+    curve.flush(step, cfg.lr * lr_factor(step - 1, cfg.warmup, cfg.steps))
+    result.curves = [curve.to_dict()]
     result.steps_run = step
     result.sec_per_step = (time.perf_counter() - t_train) / max(step - start, 1)
     result.final_loss = loss_val if math.isfinite(loss_val) else None

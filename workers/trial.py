@@ -30,6 +30,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     done = [r for r in results if r.status == "completed"]
     best = min(done, key=lambda r: r.err_ucb) if done else results[0]
     best.replica_err_ucb = [r.err_ucb for r in results]
+    best.curves = [c for r in results for c in r.curves]  # one per replica, in replica order
     best.seconds = sum(r.seconds for r in results)
     best.config = cfg.to_dict()
     return best
