@@ -23,7 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from varbench.models.var import Backbone, Pyramid, VARConfig, init_weights, backbone_flops
+from varbench.models.var import (
+    Backbone,
+    Pyramid,
+    VARConfig,
+    backbone_flops,
+    init_weights,
+    redundant_params,
+)
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = ("euler", "heun")
@@ -54,6 +61,9 @@ class VelocityHead(nn.Module):
         te = self.t_in(time_features(t.reshape(z.shape[0], -1), self.n_time))
         u = h + self.z_in(z) + te
         return self.out(F.gelu(self.fc(u)))
+
+    def redundant_params(self) -> int:
+        return self.z_in.bias.numel()  # added to every token beside t_in's bias
 
     def flops_per_token(self) -> int:
         d, c, hr = self.fc.in_features, self.out.out_features, self.fc.out_features
@@ -145,6 +155,10 @@ class FlowAR(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def num_params_effective(self) -> int:
+        """N less the backbone's redundant biases and the head's z_in bias (t_in's absorbs it)."""
+        return self.num_params() - redundant_params(self.cfg) - self.head.redundant_params()
 
     def flops_per_sample(self) -> int:
         """Inference FLOPs: K−1 backbone passes over prefixes plus the flow steps."""

@@ -31,20 +31,25 @@ LOOP_MACS = 1 << 21
 
 
 class PopLinear(nn.Module):
-    """R independent linear layers: x (R, M, in) -> (R, M, out)."""
+    """R independent linear layers: x (R, M, in) -> (R, M, out).
+
+    A layer built without a bias (the attention's qkv) takes its bias, (R, out),
+    as an argument instead.
+    """
 
     def __init__(self, layers: list[nn.Linear]):
         super().__init__()
         self.weight = _stack([lin.weight.T for lin in layers])  # (R, in, out)
-        self.bias = _stack([lin.bias for lin in layers])  # (R, out)
+        self.bias = _stack([lin.bias for lin in layers]) if layers[0].bias is not None else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         _, m, k = x.shape
+        bias = self.bias if bias is None else bias  # (R, out)
         if x.device.type == "cpu" and m * k * self.weight.shape[-1] > LOOP_MACS:
             # unbind, not x[i]: its backward stacks once instead of R zero-filled copies
             return torch.stack([torch.addmm(b, xi, w) for b, xi, w in
-                                zip(self.bias.unbind(0), x.unbind(0), self.weight.unbind(0))])
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+                                zip(bias.unbind(0), x.unbind(0), self.weight.unbind(0))])
+        return torch.baddbmm(bias.unsqueeze(1), x, self.weight)
 
 
 class PopLayerNorm(nn.Module):
@@ -67,7 +72,9 @@ class PopBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.ln1 = PopLayerNorm([b.ln1 for b in blocks])
-        self.qkv = PopLinear([b.attn.qkv for b in blocks])
+        self.qkv = PopLinear([b.attn.qkv for b in blocks])  # no bias: q and v biases below
+        self.q_bias = _stack([b.attn.q_bias for b in blocks])  # (R, d)
+        self.v_bias = _stack([b.attn.v_bias for b in blocks])
         self.proj = PopLinear([b.attn.proj for b in blocks])
         self.ln2 = PopLayerNorm([b.ln2 for b in blocks])
         self.fc = PopLinear([b.ffn.fc for b in blocks])
@@ -76,7 +83,8 @@ class PopBlock(nn.Module):
     def forward(self, h, batch: int, scale_ids, mask):  # h (R, B*T, d)
         r, _, d = h.shape
         t, heads = scale_ids.shape[0], self.cfg.heads
-        q, k, v = self.qkv(self.ln1(h)).split(d, dim=2)
+        qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias], dim=1)
+        q, k, v = self.qkv(self.ln1(h), qkv_bias).split(d, dim=2)
         q, k, v = (z.reshape(r * batch, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
         y = attention(q, k, v, scale_ids, self.cfg.backend, mask)  # replicas folded into batch
         h = h + self.proj(y.transpose(1, 2).reshape(r, batch * t, d))

@@ -117,16 +117,25 @@ class Pyramid(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Query and value biases only, as VAR's own attention: a key bias adds the
+    same amount to every score of a query, which softmax cancels (inert)."""
+
     def __init__(self, cfg: VARConfig):
         super().__init__()
+        d = cfg.width
         self.heads = cfg.heads
         self.backend = cfg.backend
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(d))
+        self.v_bias = nn.Parameter(torch.zeros(d))
+        self.proj = nn.Linear(d, d)
+
+    def qkv_bias(self) -> torch.Tensor:
+        return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
 
     def forward(self, x, scale_ids, mask):
         b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = F.linear(x, self.qkv.weight, self.qkv_bias()).split(d, dim=2)
         q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         y = attention(q, k, v, scale_ids, self.backend, mask)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
@@ -214,6 +223,10 @@ class VAR(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def num_params_effective(self) -> int:
+        """N less the parameters that provably change nothing (``redundant_params``)."""
+        return self.num_params() - redundant_params(self.cfg)
+
     def flops_per_sample(self) -> int:
         return var_flops(self.cfg)
 
@@ -232,9 +245,31 @@ def backbone_params(cfg: VARConfig) -> int:
     """Closed-form parameter count of :class:`Backbone` (no model built)."""
     d, c, r = cfg.width, cfg.channels, cfg.ffn_ratio
     ln = 2 * d if cfg.layernorm else 0
-    block = ln + (d * 3 * d + 3 * d) + (d * d + d) + ln + (d * r * d + r * d) + (r * d * d + d)
+    block = ln + (d * 3 * d + 2 * d) + (d * d + d) + ln + (d * r * d + r * d) + (r * d * d + d)
     pos = cfg.n_tokens * d if cfg.pos == "learned" else 0
     return (c * d + d) + cfg.scales * d + pos + cfg.depth * block + ln
+
+
+def redundant_params(cfg: VARConfig) -> int:
+    """Backbone parameters that other parameters absorb exactly (same set of maps without them).
+
+    - the embedding bias: the level embedding adds its own vector to every token;
+    - each value bias: softmax rows sum to 1, so it passes through as a constant
+      that the output projection's bias absorbs;
+    - without LayerNorm, each output-projection and FFN-output bias: a constant
+      added to the (linear) residual stream, absorbed by the biases that read it
+      (FFN input, next queries, readout); the key part is inert anyway;
+    - with a learned position code, the level embedding (the code is per token).
+
+    N counts every trainable parameter; "effective N" leaves these out.
+    """
+    d = cfg.width
+    out = d + cfg.depth * d
+    if not cfg.layernorm:
+        out += cfg.depth * 2 * d
+    if cfg.pos == "learned":
+        out += cfg.scales * d
+    return out
 
 
 def var_params(cfg: VARConfig) -> int:

@@ -102,6 +102,7 @@ class TrialResult:
     err_ucb: float | None = None
     rel_err: float | None = None
     n_params: int = 0
+    n_params_eff: int = 0  # N less provably redundant parameters (models.var.redundant_params)
     flops: int = 0
     width: int = 0
     steps_run: int = 0

@@ -117,7 +117,7 @@ def train_one(cfg: TrialConfig) -> TrialResult:
     model = build(cfg, device)
     target = build_target(cfg, device)
     result = TrialResult(status="completed", n_params=model.num_params(),
-                         flops=model.flops_per_sample(), width=cfg.width, device=str(device),
+                         n_params_eff=model.num_params_effective(), flops=model.flops_per_sample(), width=cfg.width, device=str(device),
                          config=cfg.to_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
