@@ -60,14 +60,26 @@ class VARConfig:
         return asdict(self)
 
 
+def position_frequencies(s_last: int, dim: int) -> torch.Tensor:
+    """Angular frequencies of the 2-D code: a geometric ladder below Nyquist of s_last.
+
+    ω_j = π·s_last^(j/n), j = 0..n−1, n = dim/4: from half a cycle across the
+    image (π) up to, but not reaching, the finest grid's Nyquist frequency π·s_last
+    (on pixel centres a cosine at exactly Nyquist is zero everywhere). The
+    former ladder π·2^j ran far above Nyquist for wide models (π·2^63 at d = 256),
+    where about half the columns are constant on the grid.
+    """
+    n = max(dim // 4, 1)
+    return math.pi * float(s_last) ** (torch.arange(n, dtype=torch.float64) / n)
+
+
 def sincos_2d(sides: list[int], dim: int) -> torch.Tensor:
     """Parameter-free 2-D sinusoidal code, (sum s², dim), on normalised coordinates.
 
     Coordinates are pixel centres in [0, 1], so the same place in the image
     gets the same code at every scale.
     """
-    n_freq = max(dim // 4, 1)
-    freqs = math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float64)
+    freqs = position_frequencies(max(sides), dim)
     rows = []
     for s in sides:
         c = (torch.arange(s, dtype=torch.float64) + 0.5) / s

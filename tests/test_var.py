@@ -1,5 +1,6 @@
 import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
@@ -7,7 +8,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from varbench.models.attention import block_causal_mask
 from varbench.models.interp import upsample
-from varbench.models.var import VAR, VARConfig, redundant_params, var_params
+from varbench.models.var import (
+    VAR,
+    VARConfig,
+    position_frequencies,
+    redundant_params,
+    sincos_2d,
+    var_params,
+)
 
 CONFIGS = [
     VARConfig(width=8, scales=3),
@@ -164,3 +172,15 @@ def test_effective_n_leaves_out_only_biases_that_fold_away():
     assert zeroed == redundant_params(cfg)
     torch.testing.assert_close(model(x), want, atol=1e-5, rtol=1e-4)
     assert model.num_params_effective() == model.num_params() - zeroed
+
+
+@pytest.mark.parametrize("s_last", [4, 8, 9, 16])
+@pytest.mark.parametrize("width", [4, 8, 32, 256])
+def test_position_code_has_no_frequency_above_nyquist_and_no_constant_column(s_last, width):
+    freqs = position_frequencies(s_last, width)
+    assert float(freqs.max()) < math.pi * s_last  # Nyquist of the finest grid, pixel spacing 1/s
+    assert float(freqs.min()) > 0
+    code = sincos_2d([2, s_last], width)[-s_last * s_last:]  # the finest scale
+    n_live = 4 * max(width // 4, 1)
+    std = code[:, :min(n_live, width)].std(dim=0)
+    assert float(std.min()) > 1e-3  # every sinusoid column varies on the finest grid
