@@ -289,18 +289,19 @@ def var_params(cfg: VARConfig) -> int:
     return backbone_params(cfg) + (cfg.width * cfg.channels + cfg.channels) + 1
 
 
-def backbone_flops(cfg: VARConfig, n_scales: int | None = None) -> int:
+def backbone_flops(cfg: VARConfig, n_scales: int | None = None, *, pyramid: bool = True) -> int:
     """Forward FLOPs (2 per multiply-add) per sample of the pyramid and backbone.
 
-    ``n_scales`` counts a pass over a prefix of the sequence (FlowAR inference).
+    ``n_scales`` counts a pass over a prefix of the sequence (FlowAR inference);
+    ``pyramid=False`` leaves out the up-interpolations.
     """
     sides = cfg.sides[: n_scales or cfg.scales]
     d, c, r, t = cfg.width, cfg.channels, cfg.ffn_ratio, sum(s * s for s in sides)
-    pyramid = sum(2 * c * a * a * b * b for a, b in zip(sides, sides[1:]))
+    ups = sum(2 * c * a * a * b * b for a, b in zip(sides, sides[1:])) if pyramid else 0
     # attended (query, key) pairs under the block-causal mask
     pairs = sum(s * s * sum(u * u for u in sides[: i + 1]) for i, s in enumerate(sides))
     per_layer = 2 * t * d * 3 * d + 2 * 2 * pairs * d + 2 * t * d * d + 2 * 2 * t * d * r * d
-    return pyramid + 2 * t * c * d + cfg.depth * per_layer
+    return ups + 2 * t * c * d + cfg.depth * per_layer
 
 
 def var_flops(cfg: VARConfig) -> int:

@@ -70,6 +70,7 @@ class Recorder:
             "varbench.sweep": self.sweep, "varbench.cell": study, "git.commit": self.commit,
             "varbench.variant": variant.label, "varbench.target": target,
             "varbench.lipschitz": f"{lipschitz:g}", **self.tags,
+            **({"varbench.flow_source": variant.flow_source} if variant.family == "flowar" else {}),
         })
         return cell_id
 

@@ -54,7 +54,8 @@ def trial_config(
     The cell and the budget are TrialConfig fields by name; the variant fixes
     what the search leaves closed; the sampled params override the rest.
     """
-    fixed = {name: getattr(variant, name) for name in ("heads", "depth", "ffn_ratio")}
+    fixed = {name: getattr(variant, name)
+             for name in ("heads", "depth", "ffn_ratio", "flow_source", "flow_sigma")}
     chosen = {**fixed, **params}
     heads = int(chosen["heads"])
     chosen["width"] = max(heads, int(round(params["width"] / heads)) * heads)

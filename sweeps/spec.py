@@ -14,6 +14,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from varbench.models.flowar import SOURCES
 from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
 
@@ -62,6 +63,8 @@ class ModelVariant(Strict):
     depth: Small | list[Small] = DEFAULTS.depth
     ffn_ratio: Small | list[Small] = DEFAULTS.ffn_ratio
     layernorm: bool = DEFAULTS.layernorm
+    flow_source: Name(SOURCES, "flow source") = DEFAULTS.flow_source  # FlowAR only
+    flow_sigma: PosFloat = DEFAULTS.flow_sigma  # FlowAR's noise source only
 
     @field_validator("heads", "depth", "ffn_ratio")
     @classmethod
@@ -72,7 +75,12 @@ class ModelVariant(Strict):
 
     @property
     def label(self) -> str:
-        return self.name or self.family
+        """The name, or what it measures: ``var``, ``flowar-det`` or ``flowar-noise``."""
+        if self.name:
+            return self.name
+        if self.family == "flowar":
+            return "flowar-det" if self.flow_source == "interp" else "flowar-noise"
+        return self.family
 
 
 class Cells(Strict):

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from varbench.models.flowar import FLOW_SOLVER, FLOW_STEPS
+from varbench.models.flowar import FLOW_SIGMA, FLOW_SOLVER, FLOW_SOURCE, FLOW_STEPS
 from varbench.models.metrics import DEFAULT_P
 from varbench.models.var import VARConfig
 
@@ -46,6 +46,8 @@ class TrialConfig:
     pos: str = _MODEL.pos
     flow_steps: int = FLOW_STEPS
     flow_solver: str = FLOW_SOLVER
+    flow_source: str = FLOW_SOURCE  # FlowAR's z₀: "interp" (gain·φ(ŷ), deterministic) or "noise"
+    flow_sigma: float = FLOW_SIGMA  # the noise source's σ
     # budget and optimisation
     steps: int = 2000
     batch_size: int = 64
@@ -67,8 +69,16 @@ class TrialConfig:
         return VARConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
 
     def family_options(self) -> dict:
-        """Settings a model family may take beyond its VARConfig (FlowAR's solver)."""
-        return {"flow_steps": self.flow_steps, "flow_solver": self.flow_solver}
+        """Settings a model family may take beyond its VARConfig (FlowAR's flow)."""
+        return {"flow_steps": self.flow_steps, "flow_solver": self.flow_solver,
+                "flow_source": self.flow_source, "flow_sigma": self.flow_sigma}
+
+    @property
+    def variant_name(self) -> str:
+        """What the trial measured, in words: ``var``, ``flowar-det`` or ``flowar-noise``."""
+        if self.model != "flowar":
+            return self.model
+        return "flowar-det" if self.flow_source == "interp" else "flowar-noise"
 
     def to_dict(self) -> dict:
         d = asdict(self)
