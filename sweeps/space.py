@@ -11,6 +11,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from varbench.models.interp import canonical_interp, distinct_interps
+from varbench.models.schedule import scale_schedule
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 
@@ -22,7 +24,7 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
     space: dict[str, BaseDistribution] = {
         "width": IntDistribution(s.width.low, s.width.high, log=s.width.log),
         "scales": IntDistribution(k_lo, k_hi),
-        "interp": CategoricalDistribution(list(s.interp)),
+        "interp": CategoricalDistribution(interp_choices(spec)),
     }
     if variant.family == "flowar":
         space["flow_steps"] = CategoricalDistribution(list(s.flow_steps))
@@ -33,6 +35,17 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
         if isinstance(value, list):
             space[name] = CategoricalDistribution(list(value))
     return space
+
+
+def _schedules(spec: SweepSpec) -> list[list[int]]:
+    k_lo, k_hi = spec.scale_range()
+    return [scale_schedule(spec.cells.s_first, spec.cells.s_last, k) for k in range(k_lo, k_hi + 1)]
+
+
+def interp_choices(spec: SweepSpec) -> list[str]:
+    """The spec's interpolation types less those that duplicate another at every K searched
+    (``area`` is ``nearest`` at integer ratios): no trial is spent on a copy."""
+    return distinct_interps(list(spec.search.interp), _schedules(spec))
 
 
 def trial_seed(spec: SweepSpec, study_name: str, number: int) -> int:
@@ -58,6 +71,9 @@ def trial_config(
              for name in ("heads", "depth", "ffn_ratio", "flow_source", "flow_sigma")}
     chosen = {**fixed, **params}
     heads = int(chosen["heads"])
+    if "interp" in chosen and "scales" in chosen:  # same pyramid at this K: one name for it
+        sides = scale_schedule(spec.cells.s_first, spec.cells.s_last, int(chosen["scales"]))
+        chosen["interp"] = canonical_interp(chosen["interp"], interp_choices(spec), sides)
     chosen["width"] = max(heads, int(round(params["width"] / heads)) * heads)
     return TrialConfig(
         model=variant.family, target=target, lipschitz=float(lipschitz),
