@@ -16,7 +16,7 @@ from typing import TypeVar
 from varbench.orchestrator.settings import Settings
 from varbench.orchestrator.store import ResultsStore, TrialRow, mask_url
 from varbench.orchestrator.tracking import Tracker, git_commit
-from varbench.sweeps.frontier import FrontierPoint, frontier
+from varbench.sweeps.frontier import FrontierPoint, frontier, frontier_intervals
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 
 T = TypeVar("T")
@@ -121,8 +121,24 @@ class Recorder:
     def close_sweep(self, status: str, studies: list[str]) -> None:
         self.store.set_sweep_status(self.sweep_id, status)
         if status == "completed":
+            self.log_frontier_intervals()
             for study in studies:
                 self.tracker.finish_parent(study)
+
+    def log_frontier_intervals(self) -> None:
+        """N*(ε) and its 95% interval (``frontier_intervals``) on each study's parent run."""
+        eps = list(self.store.sweep(self.sweep).spec["eps"])
+        for cell in self.store.cells(self.sweep_id):
+            trials = self.store.trial_points(cell.id)
+            iv = frontier_intervals(trials, eps)
+            metrics = {}
+            for p in frontier(trials, eps):
+                if p.reached:
+                    lo, hi = iv[p.eps]
+                    metrics.update({f"nstar.{p.eps:g}": p.n_star, f"nstar_lo.{p.eps:g}": lo,
+                                    f"nstar_hi.{p.eps:g}": hi})  # inf (not reached) is left out
+            if metrics:
+                self.tracker.log_parent_metrics(cell.study_name, metrics)
 
     def attach_report(self, files: list[Path]) -> None:
         """The report's files on every study's parent run."""

@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from varbench.orchestrator.queries import frontier_rows  # noqa: E402
+from varbench.orchestrator.queries import frontier_rows, interval_text  # noqa: E402
 from varbench.orchestrator.store import ResultsView  # noqa: E402
 from varbench.sweeps.frontier import (  # noqa: E402
     N_BOOT,  # noqa: E402
@@ -166,17 +166,21 @@ def fits_markdown(fits: list[ScalingFit]) -> list[str]:
 
 
 def frontier_markdown(rows: list[dict]) -> list[str]:
-    lines = ["| model | target | L | ε | N* | trial | err_ucb | config / censored | best affine err |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | target | L | ε | N* | 95% interval | N eff | trial | err_ucb | "
+             "config / censored | best affine err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["config"]
+        ci = interval_text(r["n_star_ci"])
         if r["reached"]:
             cfg = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
+            n_eff = f"{r['n_eff']:,}" if r.get("n_eff") else "-"
             lines.append(f"| {r['variant']} | {r['target']} | {r['lipschitz']:g} | {r['eps']:g} | "
-                         f"{r['n_star']:,} | {r['trial']} | {_fmt(r['err_ucb'])} | {cfg} | {_fmt(r['affine_err'])} |")
+                         f"{r['n_star']:,} | {ci} | {n_eff} | {r['trial']} | {_fmt(r['err_ucb'])} | "
+                         f"{cfg} | {_fmt(r['affine_err'])} |")
         else:
             lines.append(f"| {r['variant']} | {r['target']} | {r['lipschitz']:g} | {r['eps']:g} | "
-                         f"not reached | - | - | best err {_fmt(r['best_err'])}, largest N "
+                         f"not reached | {ci} | - | - | - | best err {_fmt(r['best_err'])}, largest N "
                          f"{r['max_n_tried'] or 0:,} | {_fmt(r['affine_err'])} |")
     return lines
 
