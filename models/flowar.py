@@ -139,16 +139,9 @@ class FlowAR(nn.Module):
             return self.source_gain * up
         return self.flow_sigma * noise
 
-    def _slices(self) -> list[slice]:
-        out, start = [], 0
-        for s in self.cfg.sides:
-            out.append(slice(start, start + s * s))
-            start += s * s
-        return out
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        sides, spans = self.cfg.sides, self._slices()
+        sides = self.cfg.sides
         tokens = [x.reshape(b, c, -1)]  # per scale, (B, c, s²)
         y_hat = tokens[0]
         gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)  # fixed draws: a deterministic map
@@ -160,7 +153,7 @@ class FlowAR(nn.Module):
                 noise = torch.randn(up.shape, generator=gen, dtype=up.dtype).to(up.device)
             z0 = self.source(up, noise)
             seq = torch.cat(tokens, dim=-1).transpose(1, 2)
-            h = self.backbone(seq, self.pyramid.ids(k + 1))[:, spans[k]]
+            h = self.backbone(seq, self.pyramid.ids(k + 1), read=sides[k] ** 2)  # scale k only
             z1 = integrate(z0.transpose(1, 2), h, self.head, self.flow_steps, self.flow_solver)
             y_hat = z1.transpose(1, 2)
         return y_hat.reshape(b, c, sides[-1], sides[-1])
@@ -185,8 +178,8 @@ class FlowAR(nn.Module):
         ys = self.scale_targets(x, y)
         ups = [self.pyramid.up(k - 1, ys[k - 1]) for k in range(1, len(ys))]
         seq = torch.cat([ys[0], *ups], dim=-1).transpose(1, 2)
-        h = self.backbone(seq, self.pyramid.scale_ids)
         n0 = ys[0].shape[-1]
+        h = self.backbone(seq, self.pyramid.scale_ids, read=seq.shape[1] - n0)  # scales 2..K
         up = torch.cat(ups, dim=-1).transpose(1, 2)  # (B, n, c) over scales 2..K
         if noise is None and self.source_gain is None:
             noise = torch.randn_like(up)
@@ -197,7 +190,7 @@ class FlowAR(nn.Module):
         counts = torch.tensor([z.shape[-1] for z in ups], device=x.device)
         t_tok = torch.repeat_interleave(t_scale, counts, dim=1)[..., None]  # (B, n, 1)
         zt = (1 - t_tok) * z0 + t_tok * y1
-        v = self.head(zt, t_tok[..., 0], h[:, n0:])
+        v = self.head(zt, t_tok[..., 0], h)
         return F.mse_loss(v, y1 - z0)
 
     def num_params(self) -> int:
@@ -216,7 +209,8 @@ class FlowAR(nn.Module):
         """
         cfg = self.cfg
         evals = self.flow_steps * (2 if self.flow_solver == "heun" else 1)
-        backbone = sum(backbone_flops(cfg, k + 1, pyramid=False) for k in range(1, cfg.scales))
+        backbone = sum(backbone_flops(cfg, k + 1, pyramid=False, read_scales=1)
+                       for k in range(1, cfg.scales))
         pyramid = backbone_flops(cfg) - backbone_flops(cfg, pyramid=False)
         tokens = sum(s * s for s in cfg.sides[1:])
         head = tokens * self.head.flops_per_token(time=False) + (cfg.scales - 1) * self.head.time_flops()

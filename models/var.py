@@ -145,12 +145,18 @@ class SelfAttention(nn.Module):
     def qkv_bias(self) -> torch.Tensor:
         return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
 
-    def forward(self, x, scale_ids, mask):
+    def forward(self, x, scale_ids, mask, start: int = 0):
+        """Outputs for the tokens from ``start`` on (all of them by default)."""
         b, t, d = x.shape
-        q, k, v = F.linear(x, self.qkv.weight, self.qkv_bias()).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        w, bias = self.qkv.weight, self.qkv_bias()
+        if start:  # queries only where outputs are read; keys and values everywhere
+            q = F.linear(x[:, start:], w[:d], bias[:d])
+            k, v = F.linear(x, w[d:], bias[d:]).split(d, dim=2)
+        else:
+            q, k, v = F.linear(x, w, bias).split(d, dim=2)
+        q, k, v = (z.reshape(b, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         y = attention(q, k, v, scale_ids, self.backend, mask)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return self.proj(y.transpose(1, 2).reshape(b, t - start, d))
 
 
 class FFN(nn.Module):
@@ -169,8 +175,9 @@ class Block(nn.Module):
         norm = (lambda: nn.LayerNorm(cfg.width)) if cfg.layernorm else nn.Identity
         self.ln1, self.attn, self.ln2, self.ffn = norm(), SelfAttention(cfg), norm(), FFN(cfg)
 
-    def forward(self, x, scale_ids, mask):
-        x = x + self.attn(self.ln1(x), scale_ids, mask)
+    def forward(self, x, scale_ids, mask, start: int = 0):
+        """The block's outputs for the tokens from ``start`` on."""
+        x = x[:, start:] + self.attn(self.ln1(x), scale_ids, mask, start)
         return x + self.ffn(self.ln2(x))
 
 
@@ -193,14 +200,22 @@ class Backbone(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.ln_f = nn.LayerNorm(cfg.width) if cfg.layernorm else nn.Identity()
 
-    def forward(self, tokens: torch.Tensor, scale_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states for a token sequence, or for a prefix of whole scales."""
+    def forward(self, tokens: torch.Tensor, scale_ids: torch.Tensor,
+                read: int | None = None) -> torch.Tensor:
+        """Hidden states for a token sequence, or for a prefix of whole scales.
+
+        ``read``: how many trailing tokens the caller reads. The last block then
+        computes outputs for those only (every block before it is needed whole,
+        as keys and values), and only those are returned.
+        """
         mask = None
         if resolve_backend(self.cfg.backend, tokens.device) != "flex":
             mask = block_causal_mask(scale_ids)
         h = self.embed(tokens) + self.level(scale_ids) + self.pos[: tokens.shape[1]]
-        for block in self.blocks:
-            h = block(h, scale_ids, mask)
+        last = len(self.blocks) - 1
+        start = tokens.shape[1] - read if read is not None else 0
+        for i, block in enumerate(self.blocks):
+            h = block(h, scale_ids, mask, start if i == last else 0)
         return self.ln_f(h)
 
 
@@ -222,9 +237,8 @@ class VAR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, last = self.pyramid(x)
-        h = self.backbone(tokens, self.pyramid.scale_ids)
         s = self.cfg.s_last
-        h_last = h[:, -s * s :, :]
+        h_last = self.backbone(tokens, self.pyramid.scale_ids, read=s * s)  # only these are read
         y = self.readout(h_last).transpose(1, 2) + self.gain * last  # (B, c, sK²)
         return y.reshape(x.shape[0], self.cfg.channels, s, s)
 
@@ -289,20 +303,30 @@ def var_params(cfg: VARConfig) -> int:
     return backbone_params(cfg) + (cfg.width * cfg.channels + cfg.channels) + 1
 
 
-def backbone_flops(cfg: VARConfig, n_scales: int | None = None, *, pyramid: bool = True) -> int:
+def backbone_flops(cfg: VARConfig, n_scales: int | None = None, *, pyramid: bool = True,
+                   read_scales: int | None = None) -> int:
     """Forward FLOPs (2 per multiply-add) per sample of the pyramid and backbone.
 
     ``n_scales`` counts a pass over a prefix of the sequence (FlowAR inference);
-    ``pyramid=False`` leaves out the up-interpolations.
+    ``pyramid=False`` leaves out the up-interpolations; ``read_scales`` counts
+    the last block for the queries of the last so many scales only (the
+    outputs that are read: ``Backbone.forward(read=...)``).
     """
     sides = cfg.sides[: n_scales or cfg.scales]
     d, c, r, t = cfg.width, cfg.channels, cfg.ffn_ratio, sum(s * s for s in sides)
     ups = sum(2 * c * a * a * b * b for a, b in zip(sides, sides[1:])) if pyramid else 0
-    # attended (query, key) pairs under the block-causal mask
-    pairs = sum(s * s * sum(u * u for u in sides[: i + 1]) for i, s in enumerate(sides))
-    per_layer = 2 * t * d * 3 * d + 2 * 2 * pairs * d + 2 * t * d * d + 2 * 2 * t * d * r * d
-    return ups + 2 * t * c * d + cfg.depth * per_layer
+    # attended (query, key) pairs under the block-causal mask, per query scale
+    pairs = [s * s * sum(u * u for u in sides[: i + 1]) for i, s in enumerate(sides)]
+
+    def layer(first: int) -> int:  # queries of scales first.., keys and values of all
+        tq = sum(s * s for s in sides[first:])
+        return (2 * t * d * 2 * d + 2 * tq * d * d + 2 * 2 * sum(pairs[first:]) * d
+                + 2 * tq * d * d + 2 * 2 * tq * d * r * d)
+
+    last = len(sides) - read_scales if read_scales else 0
+    return ups + 2 * t * c * d + (cfg.depth - 1) * layer(0) + layer(last)
 
 
 def var_flops(cfg: VARConfig) -> int:
-    return backbone_flops(cfg) + 2 * cfg.s_last**2 * cfg.width * cfg.channels
+    """Inference FLOPs per sample: the last block runs the last scale's queries only."""
+    return backbone_flops(cfg, read_scales=1) + 2 * cfg.s_last**2 * cfg.width * cfg.channels

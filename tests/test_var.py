@@ -11,6 +11,7 @@ from varbench.models.interp import upsample
 from varbench.models.var import (
     VAR,
     VARConfig,
+    backbone_flops,
     position_frequencies,
     redundant_params,
     sincos_2d,
@@ -108,7 +109,9 @@ def test_closed_form_flops_match_a_counted_forward_pass(cfg):
     attention kernel). That backend multiplies the full T x T score matrix and then
     masks it, while the closed form counts only the attended (query, key) pairs: add
     the masked-out pairs' 2 matmuls x 2 FLOPs x d per layer, taken from the model's
-    own mask. Nothing else is approximated, so the tolerance is zero.
+    own mask, for every layer but the last (there only the last scale's queries
+    run, and they see every key). Nothing else is approximated, so the tolerance
+    is zero.
     """
     model = VAR(dataclasses.replace(cfg, backend="reference")).eval()
     batch = 3
@@ -117,7 +120,7 @@ def test_closed_form_flops_match_a_counted_forward_pass(cfg):
         model(x)
     mask = block_causal_mask(model.pyramid.scale_ids)
     masked_out = mask.numel() - int(mask.sum())
-    dense_extra = cfg.depth * 2 * 2 * masked_out * cfg.width
+    dense_extra = (cfg.depth - 1) * 2 * 2 * masked_out * cfg.width
     assert counter.get_total_flops() == batch * (model.flops_per_sample() + dense_extra)
 
 
@@ -184,3 +187,22 @@ def test_position_code_has_no_frequency_above_nyquist_and_no_constant_column(s_l
     n_live = 4 * max(width // 4, 1)
     std = code[:, :min(n_live, width)].std(dim=0)
     assert float(std.min()) > 1e-3  # every sinusoid column varies on the finest grid
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_reading_only_the_last_scale_equals_the_full_pass(backend, depth):
+    torch.manual_seed(0)
+    cfg = VARConfig(width=8, scales=3, depth=depth, heads=2, layernorm=depth == 2, backend=backend)
+    model = VAR(cfg)
+    for p in model.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    tokens, _ = model.pyramid(torch.rand(2, 1, 2, 2))
+    ids = model.pyramid.scale_ids
+    full = model.backbone(tokens, ids)
+    torch.testing.assert_close(model.backbone(tokens, ids, read=64), full[:, -64:])
+    # 2 -> 8 with K = 3: 84 tokens, 64 read; the last block counts 64 queries, not 84
+    t, read = 84, 64
+    d, r = cfg.width, cfg.ffn_ratio
+    saved = (t - read) * (2 * d * d + 2 * d * d + 2 * 2 * d * r * d) + 2 * 2 * d * (4 * 4 + 16 * 20)
+    assert backbone_flops(cfg) - backbone_flops(cfg, read_scales=1) == saved
