@@ -53,6 +53,7 @@ def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT) -> list[
                 "err_ucb": t.err_ucb if t is not None else None,
                 "best_err": p.best_err, "max_n_tried": p.max_n_tried, "n_trials": p.n_trials,
                 "affine_err": ref.get("err_ucb"),
+                "lipschitz_emp": (cell.reference or {}).get("lipschitz", {}).get("empirical"),
                 "config": {k: cfg.get(k) for k in ("width", "scales", "interp", "heads", "depth",
                                                     "ffn_ratio", "flow_steps", "flow_source",
                                                     "lr", "replicas")} if cfg else {},

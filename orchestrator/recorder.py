@@ -79,8 +79,11 @@ class Recorder:
 
     def record_reference(self, cell_id: int, study: str, ref: dict) -> None:
         self.store.set_cell_fields(cell_id, reference=ref)
-        self.tracker.log_parent_metrics(study, {
-            f"reference.{k}.err_ucb": v["err_ucb"] for k, v in ref.items()})
+        metrics = {f"reference.{k}.err_ucb": v["err_ucb"] for k, v in ref.items()
+                   if "err_ucb" in v}
+        if "lipschitz" in ref:
+            metrics["lipschitz_emp"] = ref["lipschitz"]["empirical"]
+        self.tracker.log_parent_metrics(study, metrics)
 
     # --- trials ------------------------------------------------------------------
 
