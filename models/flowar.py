@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from varbench.models.attention import attention
 from varbench.models.var import (
     Backbone,
     Pyramid,
@@ -49,8 +50,9 @@ from varbench.models.var import (
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = ("euler", "heun")
 SOURCES = ("interp", "noise")
+HEADS = ("mlp", "transformer")
 FLOW_STEPS, FLOW_SOLVER = 4, "euler"  # inference defaults (trials read them from here)
-FLOW_SOURCE, FLOW_SIGMA = "interp", 1.0
+FLOW_SOURCE, FLOW_SIGMA, FLOW_HEAD = "interp", 1.0, "mlp"
 EVAL_NOISE_SEED = 0  # the noise source's fixed draws at inference
 
 
@@ -73,8 +75,11 @@ class VelocityHead(nn.Module):
         self.fc = nn.Linear(d, hidden_ratio * d)
         self.out = nn.Linear(hidden_ratio * d, c)
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """z (B, n, c), t (B,) or per token (B, n), h (B, n, d) -> velocity (B, n, c)."""
+    def forward(self, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor,
+                spans: list[slice] | None = None) -> torch.Tensor:
+        """z (B, n, c), t (B,) or per token (B, n), h (B, n, d) -> velocity (B, n, c).
+
+        Per token, so ``spans`` (the scales, for the transformer head) changes nothing."""
         te = self.t_in(time_features(t.reshape(z.shape[0], -1), self.n_time))
         u = h + self.z_in(z) + te
         return self.out(F.gelu(self.fc(u)))
@@ -86,10 +91,80 @@ class VelocityHead(nn.Module):
         """The time embedding, once per distinct t."""
         return 2 * self.n_time * self.fc.in_features
 
-    def flops_per_token(self, time: bool = True) -> int:
+    def flops_per_token(self, time: bool = True, n: int = 1) -> int:
         """Per token; ``time`` counts a time embedding per token too (as in training)."""
         d, c, hr = self.fc.in_features, self.out.out_features, self.fc.out_features
         return 2 * (c * d + d * hr + hr * c) + (self.time_flops() if time else 0)
+
+
+def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """FlowAR's RMSNorm without a weight."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+class TransformerVelocityHead(nn.Module):
+    """FlowAR's velocity head (``SimpleTransformerAdaLN`` with one ``Block_v1``), in
+    theorem form: one layer, one head.
+
+    x = W_in·z; a DiT time embedder (sinusoid -> linear -> SiLU -> linear) gives
+    t_e, a linear map of the condition gives c; per token, AdaLN reads SiLU(t_e + c)
+    for shift, scale and gate of the attention (over the scale's own tokens) and of
+    the MLP branch; the final layer is AdaLN-modulated and zero-initialised. Norms
+    are RMSNorm without weights, as FlowAR's. FlowAR's rotary position code is
+    left out: position reaches the head through h_k, which carries the backbone's
+    code. The MLP is GELU d -> 2d -> d (FlowAR: SwiGLU).
+    """
+
+    def __init__(self, cfg: VARConfig, hidden_ratio: int = 2, n_time: int = 16):
+        super().__init__()
+        d, c = cfg.width, cfg.channels
+        self.n_time, self.d, self.backend = n_time, d, cfg.backend
+        self.z_in = nn.Linear(c, d)
+        self.t_in = nn.Linear(n_time, d)
+        self.t_mlp = nn.Linear(d, d)
+        self.cond = nn.Linear(d, d)
+        self.ada = nn.Linear(d, 6 * d)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d)
+        self.fc = nn.Linear(d, hidden_ratio * d)
+        self.fc_out = nn.Linear(hidden_ratio * d, d)
+        self.ada_final = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, c)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """Single-head attention among one scale's tokens (both ways)."""
+        b, n, d = x.shape
+        q, k, v = (z.unsqueeze(1) for z in self.qkv(x).split(d, dim=2))
+        ids = torch.zeros(n, dtype=torch.long, device=x.device)  # one scale: all see all
+        return self.proj(attention(q, k, v, ids, self.backend).squeeze(1))
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor,
+                spans: list[slice] | None = None) -> torch.Tensor:
+        """z (B, n, c), t (B,) or (B, n), h (B, n, d); ``spans`` split the tokens into
+        scales (training holds several; attention stays within each)."""
+        te = self.t_mlp(F.silu(self.t_in(time_features(t.reshape(z.shape[0], -1), self.n_time))))
+        mod = F.silu(te + self.cond(h))
+        g1, g2, sc1, sc2, sh1, sh2 = self.ada(mod).chunk(6, dim=-1)
+        x = self.z_in(z)
+        a = rms_norm(x) * (1 + sc1) + sh1
+        att = torch.cat([self._attend(a[:, sp]) for sp in spans], 1) if spans else self._attend(a)
+        x = x + g1 * att
+        x = x + g2 * self.fc_out(F.gelu(self.fc(rms_norm(x) * (1 + sc2) + sh2)))
+        shift, scale = self.ada_final(mod).chunk(2, dim=-1)
+        return self.out(rms_norm(x) * (1 + scale) + shift)
+
+    def redundant_params(self) -> int:
+        return 0  # nothing here folds away exactly (the norms see every bias)
+
+    def time_flops(self) -> int:
+        return 2 * self.n_time * self.d + 2 * self.d * self.d
+
+    def flops_per_token(self, time: bool = True, n: int = 1) -> int:
+        """Per token of a scale of ``n`` tokens (attention grows with n)."""
+        d, c, hr = self.d, self.out.out_features, self.fc.out_features
+        per = 2 * (c * d + d * d + d * 6 * d + d * 3 * d + 2 * n * d + d * d + 2 * d * hr
+                   + d * 2 * d + d * c)
+        return per + (self.time_flops() if time else 0)
 
 
 def integrate(
@@ -114,7 +189,7 @@ class FlowAR(nn.Module):
 
     def __init__(self, cfg: VARConfig, flow_steps: int = FLOW_STEPS,
                  flow_solver: str = FLOW_SOLVER, flow_source: str = FLOW_SOURCE,
-                 flow_sigma: float = FLOW_SIGMA):
+                 flow_sigma: float = FLOW_SIGMA, flow_head: str = FLOW_HEAD):
         super().__init__()
         if cfg.scales < 2:
             raise ValueError("FlowAR needs at least 2 scales")
@@ -122,11 +197,13 @@ class FlowAR(nn.Module):
             raise ValueError(f"unknown flow solver {flow_solver!r}")
         if flow_source not in SOURCES:
             raise ValueError(f"unknown flow source {flow_source!r}; known: {list(SOURCES)}")
+        if flow_head not in HEADS:
+            raise ValueError(f"unknown flow head {flow_head!r}; known: {list(HEADS)}")
         self.cfg, self.flow_steps, self.flow_solver = cfg, flow_steps, flow_solver
         self.flow_source, self.flow_sigma = flow_source, float(flow_sigma)
         self.pyramid = Pyramid(cfg)
         self.backbone = Backbone(cfg)
-        self.head = VelocityHead(cfg)
+        self.head = VelocityHead(cfg) if flow_head == "mlp" else TransformerVelocityHead(cfg)
         # interp source: z₀ = g·φ(ŷ), g = 0 at init (the zero map, as VAR starts)
         self.source_gain = nn.Parameter(torch.zeros(())) if flow_source == "interp" else None
         self.apply(init_weights)
@@ -190,7 +267,11 @@ class FlowAR(nn.Module):
         counts = torch.tensor([z.shape[-1] for z in ups], device=x.device)
         t_tok = torch.repeat_interleave(t_scale, counts, dim=1)[..., None]  # (B, n, 1)
         zt = (1 - t_tok) * z0 + t_tok * y1
-        v = self.head(zt, t_tok[..., 0], h)
+        spans, start = [], 0
+        for z in ups:
+            spans.append(slice(start, start + z.shape[-1]))
+            start += z.shape[-1]
+        v = self.head(zt, t_tok[..., 0], h, spans)
         return F.mse_loss(v, y1 - z0)
 
     def num_params(self) -> int:
@@ -212,6 +293,6 @@ class FlowAR(nn.Module):
         backbone = sum(backbone_flops(cfg, k + 1, pyramid=False, read_scales=1)
                        for k in range(1, cfg.scales))
         pyramid = backbone_flops(cfg) - backbone_flops(cfg, pyramid=False)
-        tokens = sum(s * s for s in cfg.sides[1:])
-        head = tokens * self.head.flops_per_token(time=False) + (cfg.scales - 1) * self.head.time_flops()
+        head = sum(s * s * self.head.flops_per_token(time=False, n=s * s) for s in cfg.sides[1:])
+        head += (cfg.scales - 1) * self.head.time_flops()
         return pyramid + backbone + evals * head

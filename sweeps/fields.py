@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, cr
 
 from varbench.models.attention import BACKENDS
 from varbench.models.families import FAMILIES
-from varbench.models.flowar import SOLVERS, SOURCES
+from varbench.models.flowar import HEADS, SOLVERS, SOURCES
 from varbench.models.inputs import INPUTS
 from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
@@ -103,6 +103,7 @@ TYPES: dict[str, Any] = {
     "flow_solver": Name(SOLVERS, "flow solver"),
     "flow_source": Name(SOURCES, "flow source"),
     "flow_sigma": PosFloat,
+    "flow_head": Name(HEADS, "flow head"),
     "steps": PosInt,
     "batch_size": BatchSize,
     "lr": PosFloat,

@@ -14,7 +14,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from varbench.models.flowar import SOURCES
+from varbench.models.flowar import HEADS, SOURCES
 from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
 
@@ -65,6 +65,7 @@ class ModelVariant(Strict):
     layernorm: bool = DEFAULTS.layernorm
     flow_source: Name(SOURCES, "flow source") = DEFAULTS.flow_source  # FlowAR only
     flow_sigma: PosFloat = DEFAULTS.flow_sigma  # FlowAR's noise source only
+    flow_head: Name(HEADS, "flow head") = DEFAULTS.flow_head  # FlowAR only
 
     @field_validator("heads", "depth", "ffn_ratio")
     @classmethod
@@ -79,7 +80,8 @@ class ModelVariant(Strict):
         if self.name:
             return self.name
         if self.family == "flowar":
-            return "flowar-det" if self.flow_source == "interp" else "flowar-noise"
+            name = "flowar-det" if self.flow_source == "interp" else "flowar-noise"
+            return name + ("-transformer" if self.flow_head == "transformer" else "")
         return self.family
 
 

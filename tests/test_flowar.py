@@ -35,7 +35,7 @@ def test_noise_source_reproduces_flowar_loss_on_a_hand_computed_example():
     cfg = VARConfig(width=4, scales=2, s_first=1, s_last=2, interp="nearest")
     model = FlowAR(cfg, flow_source="noise", flow_sigma=1.0)
     assert model.source_gain is None
-    model.head.forward = lambda z, t, h: -z
+    model.head.forward = lambda z, t, h, spans=None: -z
     x = torch.tensor([[[[0.3]]]])
     y = torch.tensor([[[[1.0, 2.0], [-1.0, 0.5]]]])
     n = torch.tensor([0.5, -1.0, 2.0, 0.0]).view(1, 4, 1)
@@ -46,7 +46,7 @@ def test_noise_source_reproduces_flowar_loss_on_a_hand_computed_example():
     assert float(got) == pytest.approx(want, rel=1e-6)
     # σ scales the source: z₀ = σ·ε
     model2 = FlowAR(cfg, flow_source="noise", flow_sigma=2.0)
-    model2.head.forward = lambda z, t, h: -z
+    model2.head.forward = lambda z, t, h, spans=None: -z
     want2 = sum((1.75 * a - 0.75 * 2 * b) ** 2 for a, b in [(1.0, 0.5), (2.0, -1.0),
                                                             (-1.0, 2.0), (0.5, 0.0)]) / 4
     assert float(model2.training_loss(x, y, t=torch.tensor([[0.75]]), noise=n)) == \
@@ -85,9 +85,10 @@ def test_exact_linear_path_velocity_reaches_the_target(steps, solver):
     torch.testing.assert_close(integrate(z0, h, field, steps, solver), y, atol=1e-5, rtol=1e-5)
 
 
-def test_inference_is_deterministic_and_gradients_reach_every_parameter():
+@pytest.mark.parametrize("head", ["mlp", "transformer"])
+def test_inference_is_deterministic_and_gradients_reach_every_parameter(head):
     torch.manual_seed(0)
-    model = FlowAR(CFG, flow_steps=2)
+    model = FlowAR(CFG, flow_steps=2, flow_head=head)
     for p in model.parameters():  # move off the zero init so every path is live
         p.data.add_(0.05 * torch.randn_like(p))
     x = torch.rand(3, 1, 2, 2)
@@ -161,9 +162,11 @@ def test_closed_form_flop_parts_match_the_counter(cfg):
 
 @pytest.mark.parametrize("cfg", FLOP_CFGS)
 @pytest.mark.parametrize("steps,solver", [(1, "euler"), (4, "euler"), (2, "heun")])
-@pytest.mark.parametrize("source", ["interp", "noise"])
-def test_flops_per_sample_matches_a_counted_inference_pass(cfg, steps, solver, source):
-    model = FlowAR(cfg, flow_steps=steps, flow_solver=solver, flow_source=source).eval()
+@pytest.mark.parametrize("source,head", [("interp", "mlp"), ("noise", "mlp"),
+                                         ("interp", "transformer")])
+def test_flops_per_sample_matches_a_counted_inference_pass(cfg, steps, solver, source, head):
+    model = FlowAR(cfg, flow_steps=steps, flow_solver=solver, flow_source=source,
+                   flow_head=head).eval()
     b = 3
     counted = _counted(model, torch.rand(b, cfg.channels, cfg.s_first, cfg.s_first))
     # the last block of each prefix pass runs that prefix's last scale only: no masked pairs
@@ -203,3 +206,29 @@ def test_flowar_variant_is_named_in_the_trial_and_the_spec():
     r = run_trial(TrialConfig(model="flowar", flow_source="noise", flow_sigma=0.5, width=8,
                               steps=20, eval_every=10, n_eval=128))
     assert r.status == "completed" and r.config["flow_source"] == "noise"
+
+
+def test_transformer_head_is_counted_in_n_and_attends_within_a_scale():
+    d, c = CFG.width, CFG.channels
+    model = FlowAR(CFG, flow_head="transformer")
+    # z_in, t_in (16 -> d), t_mlp, cond, ada (d -> 6d), qkv (no bias), proj, fc (d -> 2d),
+    # fc_out, ada_final (d -> 2d), out (d -> c)
+    n_head = ((c * d + d) + (16 * d + d) + (d * d + d) + (d * d + d) + (d * 6 * d + 6 * d)
+              + 3 * d * d + (d * d + d) + (d * 2 * d + 2 * d) + (2 * d * d + d)
+              + (d * 2 * d + 2 * d) + (d * c + c))
+    assert sum(p.numel() for p in model.head.parameters()) == n_head
+    assert model.num_params() == backbone_params(CFG) + n_head + 1
+    assert TrialConfig(model="flowar", flow_head="transformer").variant_name == \
+        "flowar-det-transformer"
+    # training holds scales 2..K in one call: a token of one scale never moves another's
+    torch.manual_seed(0)
+    for p in model.head.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    z, t, h = torch.rand(2, 20, c), torch.rand(2, 20), torch.rand(2, 20, d)
+    spans = [slice(0, 16), slice(16, 20)]
+    v0 = model.head(z, t, h, spans)
+    z2 = z.clone()
+    z2[:, 3] += 1.0
+    v1 = model.head(z2, t, h, spans)
+    torch.testing.assert_close(v1[:, 16:], v0[:, 16:])
+    assert (v1[:, :16] - v0[:, :16]).abs().max() > 1e-4

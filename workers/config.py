@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from varbench.models.flowar import FLOW_SIGMA, FLOW_SOLVER, FLOW_SOURCE, FLOW_STEPS
+from varbench.models.flowar import FLOW_HEAD, FLOW_SIGMA, FLOW_SOLVER, FLOW_SOURCE, FLOW_STEPS
 from varbench.models.metrics import DEFAULT_P
 from varbench.models.var import VARConfig
 
@@ -48,6 +48,7 @@ class TrialConfig:
     flow_solver: str = FLOW_SOLVER
     flow_source: str = FLOW_SOURCE  # FlowAR's z₀: "interp" (gain·φ(ŷ), deterministic) or "noise"
     flow_sigma: float = FLOW_SIGMA  # the noise source's σ
+    flow_head: str = FLOW_HEAD  # FlowAR's velocity head: "mlp" (per token) or "transformer"
     # budget and optimisation
     steps: int = 2000
     batch_size: int = 64
@@ -71,14 +72,17 @@ class TrialConfig:
     def family_options(self) -> dict:
         """Settings a model family may take beyond its VARConfig (FlowAR's flow)."""
         return {"flow_steps": self.flow_steps, "flow_solver": self.flow_solver,
-                "flow_source": self.flow_source, "flow_sigma": self.flow_sigma}
+                "flow_source": self.flow_source, "flow_sigma": self.flow_sigma,
+                "flow_head": self.flow_head}
 
     @property
     def variant_name(self) -> str:
-        """What the trial measured, in words: ``var``, ``flowar-det`` or ``flowar-noise``."""
+        """What the trial measured, in words: ``var``, ``flowar-det`` or ``flowar-noise``
+        (``-transformer`` added for FlowAR's attention velocity head)."""
         if self.model != "flowar":
             return self.model
-        return "flowar-det" if self.flow_source == "interp" else "flowar-noise"
+        name = "flowar-det" if self.flow_source == "interp" else "flowar-noise"
+        return name + ("-transformer" if self.flow_head == "transformer" else "")
 
     def to_dict(self) -> dict:
         d = asdict(self)
