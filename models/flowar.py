@@ -206,7 +206,7 @@ class FlowAR(nn.Module):
         self.head = VelocityHead(cfg) if flow_head == "mlp" else TransformerVelocityHead(cfg)
         # interp source: z₀ = g·φ(ŷ), g = 0 at init (the zero map, as VAR starts)
         self.source_gain = nn.Parameter(torch.zeros(())) if flow_source == "interp" else None
-        self.apply(init_weights)
+        init_weights(self, cfg)
         nn.init.zeros_(self.head.out.weight)
         nn.init.zeros_(self.head.out.bias)
 

@@ -26,6 +26,9 @@ from varbench.models.interp import interp_matrix
 from varbench.models.schedule import scale_schedule
 
 
+INITS = ("normal", "var")
+
+
 @dataclass(frozen=True)
 class VARConfig:
     channels: int = 1
@@ -39,6 +42,7 @@ class VARConfig:
     interp: str = "bicubic"
     layernorm: bool = False
     pos: str = "sincos"  # "sincos" (parameter-free) or "learned" (counted in N)
+    init: str = "normal"  # "normal": N(0, 0.02); "var": VAR's width-aware init (see init_weights)
     backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -46,6 +50,8 @@ class VARConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.pos not in ("sincos", "learned"):
             raise ValueError(f"unknown position code {self.pos!r}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; known: {list(INITS)}")
         scale_schedule(self.s_first, self.s_last, self.scales)  # validates
 
     @property
@@ -229,7 +235,7 @@ class VAR(nn.Module):
         self.backbone = Backbone(cfg)
         self.readout = nn.Linear(cfg.width, cfg.channels)
         self.gain = nn.Parameter(torch.zeros(()))
-        self.apply(init_weights)
+        init_weights(self, cfg)
         # Start as the zero map: the readout learns from the first step and
         # the gain alone can represent the one-step interpolation target.
         nn.init.zeros_(self.readout.weight)
@@ -257,14 +263,27 @@ class VAR(nn.Module):
         return var_flops(self.cfg)
 
 
-def init_weights(module: nn.Module) -> None:
-    """One place for initialisation (nanoGPT style)."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+def init_weights(model: nn.Module, cfg: VARConfig) -> None:
+    """One place for initialisation (nanoGPT style), by ``cfg.init``.
+
+    ``normal``: every linear and embedding weight N(0, 0.02), biases 0.
+    ``var``: VAR's width-aware init, std √(1/(3·width)), and the attention output
+    projection and the FFN output divided by √(2·depth).
+    """
+    std = 0.02 if cfg.init == "normal" else math.sqrt(1.0 / (3 * cfg.width))
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+    if cfg.init == "var":
+        for module in model.modules():
+            if isinstance(module, Block):
+                with torch.no_grad():
+                    module.attn.proj.weight.div_(math.sqrt(2 * cfg.depth))
+                    module.ffn.out.weight.div_(math.sqrt(2 * cfg.depth))
 
 
 def backbone_params(cfg: VARConfig) -> int:

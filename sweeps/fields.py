@@ -25,6 +25,7 @@ from varbench.models.families import FAMILIES
 from varbench.models.flowar import HEADS, SOLVERS, SOURCES
 from varbench.models.inputs import INPUTS
 from varbench.models.interp import INTERPOLATIONS
+from varbench.models.var import INITS
 from varbench.models.schedule import max_scales
 from varbench.models.targets import TARGETS
 from varbench.workers.config import TrialConfig
@@ -99,6 +100,7 @@ TYPES: dict[str, Any] = {
     "depth": Small,
     "ffn_ratio": Small,
     "pos": Name(("sincos", "learned"), "position code"),
+    "init": Name(INITS, "initialisation"),
     "flow_steps": FlowSteps,
     "flow_solver": Name(SOLVERS, "flow solver"),
     "flow_source": Name(SOURCES, "flow source"),

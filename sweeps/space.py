@@ -68,7 +68,8 @@ def trial_config(
     what the search leaves closed; the sampled params override the rest.
     """
     fixed = {name: getattr(variant, name)
-             for name in ("heads", "depth", "ffn_ratio", "flow_source", "flow_sigma", "flow_head")}
+             for name in ("heads", "depth", "ffn_ratio", "init", "flow_source", "flow_sigma",
+                          "flow_head")}
     chosen = {**fixed, **params}
     heads = int(chosen["heads"])
     if "interp" in chosen and "scales" in chosen:  # same pyramid at this K: one name for it

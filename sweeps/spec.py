@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from varbench.models.flowar import HEADS, SOURCES
 from varbench.models.interp import INTERPOLATIONS
+from varbench.models.var import INITS
 from varbench.models.schedule import max_scales
 
 # the same constrained types validate `varbench trial` (sweeps.fields)
@@ -63,6 +64,7 @@ class ModelVariant(Strict):
     depth: Small | list[Small] = DEFAULTS.depth
     ffn_ratio: Small | list[Small] = DEFAULTS.ffn_ratio
     layernorm: bool = DEFAULTS.layernorm
+    init: Name(INITS, "initialisation") = DEFAULTS.init
     flow_source: Name(SOURCES, "flow source") = DEFAULTS.flow_source  # FlowAR only
     flow_sigma: PosFloat = DEFAULTS.flow_sigma  # FlowAR's noise source only
     flow_head: Name(HEADS, "flow head") = DEFAULTS.flow_head  # FlowAR only

@@ -206,3 +206,15 @@ def test_reading_only_the_last_scale_equals_the_full_pass(backend, depth):
     d, r = cfg.width, cfg.ffn_ratio
     saved = (t - read) * (2 * d * d + 2 * d * d + 2 * 2 * d * r * d) + 2 * 2 * d * (4 * 4 + 16 * 20)
     assert backbone_flops(cfg) - backbone_flops(cfg, read_scales=1) == saved
+
+
+def test_var_init_is_width_aware_and_scales_the_output_projections():
+    cfg = VARConfig(width=64, depth=2, init="var")
+    torch.manual_seed(0)
+    model = VAR(cfg)
+    std = math.sqrt(1 / (3 * 64))
+    bb = model.backbone
+    assert abs(float(bb.blocks[0].attn.qkv.weight.std()) - std) < 0.1 * std
+    assert abs(float(bb.blocks[1].ffn.out.weight.std()) - std / 2) < 0.1 * std / 2  # √(2·2)
+    assert float(model.readout.weight.abs().max()) == 0.0  # still the zero map at init
+    assert abs(float(VAR(VARConfig(width=64)).backbone.embed.weight.std()) - 0.02) < 0.005

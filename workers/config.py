@@ -44,6 +44,7 @@ class TrialConfig:
     ffn_ratio: int = _MODEL.ffn_ratio
     layernorm: bool = _MODEL.layernorm
     pos: str = _MODEL.pos
+    init: str = _MODEL.init
     flow_steps: int = FLOW_STEPS
     flow_solver: str = FLOW_SOLVER
     flow_source: str = FLOW_SOURCE  # FlowAR's z₀: "interp" (gain·φ(ŷ), deterministic) or "noise"
