@@ -59,6 +59,14 @@ def _device(value: str) -> str:
     raise ValueError(f"unknown device {value!r}; use auto, cpu or cuda[:N]")
 
 
+def _flow_eval(value: str) -> str:
+    steps, sep, solver = value.partition(":")
+    if not sep or not steps.isdigit() or not 1 <= int(steps) <= 1024 or solver not in SOLVERS:
+        raise ValueError(f"flow eval {value!r} is not STEPS:SOLVER (1..1024 steps; solver one "
+                         f"of {', '.join(SOLVERS)})")
+    return value
+
+
 def _eps_grid(values: list[float]) -> list[float]:
     return sorted(set(values), reverse=True)
 
@@ -106,6 +114,7 @@ TYPES: dict[str, Any] = {
     "flow_source": Name(SOURCES, "flow source"),
     "flow_sigma": PosFloat,
     "flow_head": Name(HEADS, "flow head"),
+    "flow_evals": list[Annotated[str, AfterValidator(_flow_eval)]],
     "steps": PosInt,
     "batch_size": BatchSize,
     "lr": PosFloat,
@@ -183,4 +192,5 @@ def build_trial_config(**settings: Any) -> TrialConfig:
         raise UserError("--device", f"{s.device} asked for, but torch {torch.__version__} "
                         "sees no CUDA device here; use --device cpu")
     values["eps"] = tuple(values["eps"])
+    values["flow_evals"] = tuple(values["flow_evals"])
     return TrialConfig(**values)

@@ -16,6 +16,8 @@ from varbench.models.schedule import scale_schedule
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 
+DEFAULTS = TrialConfig()
+
 
 def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistribution]:
     """Distributions for one study: width, K, interpolation, and what the spec opens."""
@@ -76,6 +78,8 @@ def trial_config(
         sides = scale_schedule(spec.cells.s_first, spec.cells.s_last, int(chosen["scales"]))
         chosen["interp"] = canonical_interp(chosen["interp"], interp_choices(spec), sides)
     chosen["width"] = max(heads, int(round(params["width"] / heads)) * heads)
+    if variant.family == "flowar":  # every searched step count, on the same trained weights
+        chosen["flow_evals"] = tuple(f"{k}:{DEFAULTS.flow_solver}" for k in spec.search.flow_steps)
     return TrialConfig(
         model=variant.family, target=target, lipschitz=float(lipschitz),
         **spec.cells.settings(), **spec.budget.model_dump(), layernorm=variant.layernorm,

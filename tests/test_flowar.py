@@ -232,3 +232,28 @@ def test_transformer_head_is_counted_in_n_and_attends_within_a_scale():
     v1 = model.head(z2, t, h, spans)
     torch.testing.assert_close(v1[:, 16:], v0[:, 16:])
     assert (v1[:, :16] - v0[:, :16]).abs().max() > 1e-4
+
+
+def test_inference_settings_are_evaluated_on_one_training(monkeypatch):
+    """Trials that differ only in flow_steps / flow_solver would train the same weights:
+    one trial trains once and reports every (steps, solver) of ``flow_evals``."""
+    from varbench.workers import training
+
+    calls = []
+    real = FlowAR.training_loss
+
+    def counted(self, x, y, **kw):
+        calls.append(1)
+        return real(self, x, y, **kw)
+
+    monkeypatch.setattr(FlowAR, "training_loss", counted)
+    cfg = TrialConfig(model="flowar", width=8, steps=20, eval_every=100, n_eval=128,
+                      flow_steps=2, flow_evals=("1:euler", "2:euler", "4:euler", "2:heun"))
+    r = training.train_one(cfg)
+    assert len(calls) == 20  # one training run, whatever the number of settings
+    assert [(e["flow_steps"], e["flow_solver"]) for e in r.flow_evals] == [
+        (1, "euler"), (2, "euler"), (4, "euler"), (2, "heun")]
+    own = r.flow_evals[1]  # the trial's own setting, evaluated again: the same number
+    assert own["err_ucb"] == pytest.approx(r.err_ucb, rel=1e-6) and own["flops"] == r.flops
+    flops = [e["flops"] for e in r.flow_evals]
+    assert flops[0] < flops[1] < flops[2] and flops[3] == flops[2]  # Heun: 2 evaluations a step

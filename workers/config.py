@@ -50,6 +50,8 @@ class TrialConfig:
     flow_source: str = FLOW_SOURCE  # FlowAR's z₀: "interp" (gain·φ(ŷ), deterministic) or "noise"
     flow_sigma: float = FLOW_SIGMA  # the noise source's σ
     flow_head: str = FLOW_HEAD  # FlowAR's velocity head: "mlp" (per token) or "transformer"
+    # more FlowAR inference settings, "steps:solver", evaluated on the same trained weights
+    flow_evals: tuple[str, ...] = ()
     # budget and optimisation
     steps: int = 2000
     batch_size: int = 64
@@ -88,6 +90,7 @@ class TrialConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["eps"] = list(self.eps)
+        d["flow_evals"] = list(self.flow_evals)
         return d
 
     @classmethod
@@ -99,6 +102,8 @@ class TrialConfig:
         d = dict(d)
         if "eps" in d:
             d["eps"] = tuple(float(e) for e in d["eps"])
+        if "flow_evals" in d:
+            d["flow_evals"] = tuple(d["flow_evals"])
         return cls(**d)
 
     def key(self) -> str:
@@ -128,6 +133,9 @@ class TrialResult:
     device: str = "cpu"
     replica_err_ucb: list[float | None] = field(default_factory=list)
     population: int = 1  # how many models trained together in the step loop
+    # FlowAR: the trained model at each of cfg.flow_evals, each {flow_steps, flow_solver,
+    # err, err_ucb, rel_err, flops, reached} (one training, several inference settings)
+    flow_evals: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
