@@ -21,6 +21,7 @@ import argparse
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -155,7 +156,7 @@ def populations(device: str, clock: Clock, smoke: bool) -> list[str]:
             if clock.left() < 0:
                 rows.append(f"| {w} | {plain:.0f} | {r} | skipped: out of time budget | |")
                 continue
-            cfgs = [TrialConfig(**{**base.to_dict(), "seed": s, "eps": (1e-9,)}) for s in range(r)]
+            cfgs = [replace(base, seed=s) for s in range(r)]
             try:
                 res = run_population(cfgs, max_activations=1 << 62)  # stacked at every width
                 rate = 1 / res[0].sec_per_step

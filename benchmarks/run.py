@@ -18,6 +18,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -73,7 +74,7 @@ def matmul_rate(n: int = 2048, reps: int = 10) -> float:
 def flop_fraction() -> list[str]:
     cfg = TrialConfig(target="mlp", lipschitz=2.0, width=256, steps=12, eval_every=10**6,
                       n_eval=64, eps=(1e-9,))
-    run_trial(TrialConfig(**{**cfg.to_dict(), "steps": 2, "eps": (1e-9,)}))
+    run_trial(replace(cfg, steps=2))
     res = run_trial(cfg)
     train_flops = 3 * var_flops(cfg.var_config()) * cfg.batch_size  # fwd + bwd ≈ 3x fwd
     rate = train_flops / res.sec_per_step

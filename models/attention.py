@@ -97,9 +97,10 @@ def _sdpa(q, k, v, mask, scale_ids):
 _FLEX_MASKS: dict[tuple, object] = {}
 
 
-def flex_block_mask(scale_ids: torch.Tensor):
-    """Build (once per scale layout and device) the flex BlockMask for VAR's mask."""
-    key = (tuple(scale_ids.tolist()), str(scale_ids.device))
+def flex_block_mask(scale_ids: torch.Tensor, q_start: int = 0):
+    """Build (once per scale layout, query offset and device) the flex BlockMask for
+    VAR's mask; queries are the tokens from ``q_start`` on."""
+    key = (tuple(scale_ids.tolist()), q_start, str(scale_ids.device))
     bm = _FLEX_MASKS.get(key)
     if bm is None:
         from torch.nn.attention.flex_attention import create_block_mask
@@ -107,10 +108,10 @@ def flex_block_mask(scale_ids: torch.Tensor):
         ids = scale_ids
 
         def mask_mod(b, h, q_idx, kv_idx):
-            return ids[kv_idx] <= ids[q_idx]
+            return ids[kv_idx] <= ids[q_idx + q_start]
 
         n = ids.shape[0]
-        bm = create_block_mask(mask_mod, None, None, n, n, device=ids.device)
+        bm = create_block_mask(mask_mod, None, None, n - q_start, n, device=ids.device)
         _FLEX_MASKS[key] = bm
     return bm
 
@@ -128,11 +129,12 @@ def _flex(q, k, v, mask, scale_ids):
     if not torch.is_grad_enabled():  # flex refuses CPU tensors that merely require grad
         q, k, v = q.detach(), k.detach(), v.detach()
     fn = _compiled_flex() if q.device.type == "cuda" else flex_attention
+    block_mask = flex_block_mask(scale_ids, k.shape[-2] - q.shape[-2])
     d = q.shape[-1]
     if d >= FLEX_MIN_HEAD_DIM:
-        return fn(q, k, v, block_mask=flex_block_mask(scale_ids))
+        return fn(q, k, v, block_mask=block_mask)
     pad = (0, FLEX_MIN_HEAD_DIM - d)  # zero columns add nothing to q·k or to the output
-    out = fn(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), block_mask=flex_block_mask(scale_ids),
+    out = fn(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), block_mask=block_mask,
              scale=1.0 / math.sqrt(d))
     return out[..., :d]
 
@@ -178,9 +180,12 @@ def attention(
     """Block-causal attention over (..., heads, T, head_dim) tensors.
 
     ``mask`` may be passed precomputed (``block_causal_mask(scale_ids)``) to
-    save rebuilding it every call.
+    save rebuilding it every call. ``q`` may hold only the last Tq of the T
+    tokens (outputs nobody reads are not computed); the mask's last Tq rows apply.
     """
-    name = resolve_backend(backend, q.device, q.shape[-1], q.shape[-2])
+    name = resolve_backend(backend, q.device, q.shape[-1], k.shape[-2])
     if mask is None and name != "flex":
         mask = block_causal_mask(scale_ids)
+    if mask is not None and mask.shape[0] != q.shape[-2]:
+        mask = mask[mask.shape[0] - q.shape[-2]:]
     return _IMPLS[name](q, k, v, mask, scale_ids)

@@ -31,9 +31,10 @@ def _build_var(cfg: VARConfig, **_: object) -> nn.Module:
 
 
 @register_family("flowar")
-def _build_flowar(cfg: VARConfig, *, flow_steps: int, flow_solver: str,
-                  **_: object) -> nn.Module:
-    return FlowAR(cfg, flow_steps=flow_steps, flow_solver=flow_solver)
+def _build_flowar(cfg: VARConfig, *, flow_steps: int, flow_solver: str, flow_source: str,
+                  flow_sigma: float, flow_head: str, **_: object) -> nn.Module:
+    return FlowAR(cfg, flow_steps=flow_steps, flow_solver=flow_solver, flow_source=flow_source,
+                  flow_sigma=flow_sigma, flow_head=flow_head)
 
 
 def build_model(family: str, cfg: VARConfig, **extra: object) -> nn.Module:

@@ -19,7 +19,13 @@ Interpolation = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def _nearest(x: torch.Tensor, s_out: int) -> torch.Tensor:
+    # PyTorch's legacy rule: source index floor(i·s_in/s_out), off-centre for 3 -> 5
     return F.interpolate(x, size=(s_out, s_out), mode="nearest")
+
+
+def _nearest_exact(x: torch.Tensor, s_out: int) -> torch.Tensor:
+    # pixel centres: source index floor((i + 0.5)·s_in/s_out), as PIL and scikit-image
+    return F.interpolate(x, size=(s_out, s_out), mode="nearest-exact")
 
 
 def _bilinear(x: torch.Tensor, s_out: int) -> torch.Tensor:
@@ -37,6 +43,7 @@ def _area(x: torch.Tensor, s_out: int) -> torch.Tensor:
 
 INTERPOLATIONS: dict[str, Interpolation] = {
     "nearest": _nearest,
+    "nearest-exact": _nearest_exact,
     "bilinear": _bilinear,
     "bicubic": _bicubic,
     "area": _area,
@@ -63,6 +70,29 @@ def interp_matrix(
     if kind not in INTERPOLATIONS:
         raise KeyError(f"unknown interpolation {kind!r}; known: {sorted(INTERPOLATIONS)}")
     return _matrix_cpu64(kind, s_in, s_out).to(dtype=dtype, device=device)
+
+
+def same_map(a: str, b: str, sides: list[int]) -> bool:
+    """Whether two interpolation types give the same pyramid over ``sides``.
+
+    E.g. ``area`` equals ``nearest`` at every integer ratio (2 -> 4, 4 -> 8, 2 -> 8).
+    """
+    return all(torch.equal(_matrix_cpu64(a, s, t), _matrix_cpu64(b, s, t))
+               for s, t in zip(sides, sides[1:]))
+
+
+def distinct_interps(kinds: list[str], schedules: list[list[int]]) -> list[str]:
+    """``kinds`` without those that equal an earlier one on every schedule (order kept)."""
+    out: list[str] = []
+    for k in kinds:
+        if not any(all(same_map(k, j, sides) for sides in schedules) for j in out):
+            out.append(k)
+    return out
+
+
+def canonical_interp(kind: str, kinds: list[str], sides: list[int]) -> str:
+    """The first of ``kinds`` that gives the same pyramid as ``kind`` over ``sides``."""
+    return next((k for k in kinds if same_map(k, kind, sides)), kind)
 
 
 def apply_matrix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

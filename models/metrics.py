@@ -14,14 +14,17 @@ import torch
 DEFAULT_P = 2.0  # the theorem's d_2 distance; 1 and inf are options
 
 Z95 = 1.6448536269514722  # one-sided 95% normal quantile
+Z975 = 1.959963984540054  # two-sided 95%
 
 
 @dataclass(frozen=True)
 class ErrorEstimate:
     err: float
-    err_ucb: float
+    err_ucb: float  # one-sided 95% upper bound: what "reaches ε" is judged on
     rel_err: float
     n: int
+    err_lo: float = math.nan  # two-sided 95% interval of err (CLT, like err_ucb)
+    err_hi: float = math.nan
 
 
 def parse_p(p: float | str) -> float:
@@ -53,13 +56,15 @@ def estimate_from_samples(
     n = per_sample.numel()
     if math.isinf(p):
         err = float(per_sample.max())
-        return ErrorEstimate(err, err, err / max(rms_target, 1e-30), n)
+        return ErrorEstimate(err, err, err / max(rms_target, 1e-30), n, err, err)
     mean = float(per_sample.mean())
     sd = float(per_sample.std()) if n > 1 else 0.0
-    upper = mean + Z95 * sd / math.sqrt(n)
+    se = sd / math.sqrt(n)
     err = mean ** (1.0 / p)
-    ucb = max(upper, 0.0) ** (1.0 / p)
-    return ErrorEstimate(err, ucb, err / max(rms_target, 1e-30), n)
+    ucb = max(mean + Z95 * se, 0.0) ** (1.0 / p)
+    lo = max(mean - Z975 * se, 0.0) ** (1.0 / p)
+    hi = max(mean + Z975 * se, 0.0) ** (1.0 / p)
+    return ErrorEstimate(err, ucb, err / max(rms_target, 1e-30), n, lo, hi)
 
 
 def error_estimate(pred: torch.Tensor, target: torch.Tensor, p: float = DEFAULT_P) -> ErrorEstimate:

@@ -31,20 +31,29 @@ LOOP_MACS = 1 << 21
 
 
 class PopLinear(nn.Module):
-    """R independent linear layers: x (R, M, in) -> (R, M, out)."""
+    """R independent linear layers: x (R, M, in) -> (R, M, out).
+
+    A layer built without a bias (the attention's qkv) takes its bias, (R, out),
+    as an argument instead.
+    """
 
     def __init__(self, layers: list[nn.Linear]):
         super().__init__()
         self.weight = _stack([lin.weight.T for lin in layers])  # (R, in, out)
-        self.bias = _stack([lin.bias for lin in layers])  # (R, out)
+        self.bias = _stack([lin.bias for lin in layers]) if layers[0].bias is not None else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         _, m, k = x.shape
+        bias = self.bias if bias is None else bias  # (R, out)
         if x.device.type == "cpu" and m * k * self.weight.shape[-1] > LOOP_MACS:
             # unbind, not x[i]: its backward stacks once instead of R zero-filled copies
             return torch.stack([torch.addmm(b, xi, w) for b, xi, w in
-                                zip(self.bias.unbind(0), x.unbind(0), self.weight.unbind(0))])
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+                                zip(bias.unbind(0), x.unbind(0), self.weight.unbind(0))])
+        return torch.baddbmm(bias.unsqueeze(1), x, self.weight)
+
+    def columns(self, x: torch.Tensor, cols: slice, bias: torch.Tensor) -> torch.Tensor:
+        """Only some outputs: x (R, M, in) -> (R, M, len(cols)), with their bias (R, len(cols))."""
+        return torch.baddbmm(bias.unsqueeze(1), x, self.weight[:, :, cols])
 
 
 class PopLayerNorm(nn.Module):
@@ -67,19 +76,30 @@ class PopBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.ln1 = PopLayerNorm([b.ln1 for b in blocks])
-        self.qkv = PopLinear([b.attn.qkv for b in blocks])
+        self.qkv = PopLinear([b.attn.qkv for b in blocks])  # no bias: q and v biases below
+        self.q_bias = _stack([b.attn.q_bias for b in blocks])  # (R, d)
+        self.v_bias = _stack([b.attn.v_bias for b in blocks])
         self.proj = PopLinear([b.attn.proj for b in blocks])
         self.ln2 = PopLayerNorm([b.ln2 for b in blocks])
         self.fc = PopLinear([b.ffn.fc for b in blocks])
         self.out = PopLinear([b.ffn.out for b in blocks])
 
-    def forward(self, h, batch: int, scale_ids, mask):  # h (R, B*T, d)
+    def forward(self, h, batch: int, scale_ids, mask, start: int = 0):  # h (R, B*T, d)
+        """VAR's ``Block``: outputs for the tokens from ``start`` on, (R, B*(T−start), d)."""
         r, _, d = h.shape
         t, heads = scale_ids.shape[0], self.cfg.heads
-        q, k, v = self.qkv(self.ln1(h)).split(d, dim=2)
-        q, k, v = (z.reshape(r * batch, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+        qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias], dim=1)
+        x = self.ln1(h)
+        if start:  # queries only where outputs are read
+            tail = lambda z: z.view(r, batch, t, -1)[:, :, start:].reshape(r, -1, z.shape[-1])  # noqa: E731
+            q = self.qkv.columns(tail(x), slice(0, d), qkv_bias[:, :d])
+            k, v = self.qkv.columns(x, slice(d, 3 * d), qkv_bias[:, d:]).split(d, dim=2)
+            h = tail(h)
+        else:
+            q, k, v = self.qkv(x, qkv_bias).split(d, dim=2)
+        q, k, v = (z.reshape(r * batch, -1, heads, d // heads).transpose(1, 2) for z in (q, k, v))
         y = attention(q, k, v, scale_ids, self.cfg.backend, mask)  # replicas folded into batch
-        h = h + self.proj(y.transpose(1, 2).reshape(r, batch * t, d))
+        h = h + self.proj(y.transpose(1, 2).reshape(r, batch * (t - start), d))
         return h + self.out(F.gelu(self.fc(self.ln2(h))))
 
 
@@ -113,11 +133,10 @@ class PopulationVAR(nn.Module):
         mask = None if flex else block_causal_mask(ids)
         h = self.embed(tokens.reshape(r, b * t, c)).view(r, b, t, -1)
         h = (h + (self.level[:, ids] + self.pos).unsqueeze(1)).reshape(r, b * t, -1)
-        for block in self.blocks:
-            h = block(h, b, ids, mask)
-        h = self.ln_f(h).view(r, b, t, -1)
         s = self.cfg.s_last
-        h_last = h[:, :, -s * s:, :].reshape(r, b * s * s, -1)
+        for i, block in enumerate(self.blocks):  # the last block: last-scale queries only
+            h = block(h, b, ids, mask, t - s * s if i == len(self.blocks) - 1 else 0)
+        h_last = self.ln_f(h)  # (R, B*sK², d)
         y = self.readout(h_last).view(r, b, s * s, c).transpose(2, 3)
         y = y + self.gain.view(r, 1, 1, 1) * last.view(r, b, c, s * s)
         return y.reshape(r, b, c, s, s)

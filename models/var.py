@@ -25,6 +25,8 @@ from varbench.models.attention import attention, block_causal_mask, resolve_back
 from varbench.models.interp import interp_matrix
 from varbench.models.schedule import scale_schedule
 
+INITS = ("normal", "var")
+
 
 @dataclass(frozen=True)
 class VARConfig:
@@ -39,6 +41,7 @@ class VARConfig:
     interp: str = "bicubic"
     layernorm: bool = False
     pos: str = "sincos"  # "sincos" (parameter-free) or "learned" (counted in N)
+    init: str = "normal"  # "normal": N(0, 0.02); "var": VAR's width-aware init (see init_weights)
     backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class VARConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.pos not in ("sincos", "learned"):
             raise ValueError(f"unknown position code {self.pos!r}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; known: {list(INITS)}")
         scale_schedule(self.s_first, self.s_last, self.scales)  # validates
 
     @property
@@ -64,14 +69,26 @@ class VARConfig:
         return asdict(self)
 
 
+def position_frequencies(s_last: int, dim: int) -> torch.Tensor:
+    """Angular frequencies of the 2-D code: a geometric ladder below Nyquist of s_last.
+
+    ω_j = π·s_last^(j/n), j = 0..n−1, n = dim/4: from half a cycle across the
+    image (π) up to, but not reaching, the finest grid's Nyquist frequency π·s_last
+    (on pixel centres a cosine at exactly Nyquist is zero everywhere). The
+    former ladder π·2^j ran far above Nyquist for wide models (π·2^63 at d = 256),
+    where about half the columns are constant on the grid.
+    """
+    n = max(dim // 4, 1)
+    return math.pi * float(s_last) ** (torch.arange(n, dtype=torch.float64) / n)
+
+
 def sincos_2d(sides: list[int], dim: int) -> torch.Tensor:
     """Parameter-free 2-D sinusoidal code, (sum s², dim), on normalised coordinates.
 
     Coordinates are pixel centres in [0, 1], so the same place in the image
     gets the same code at every scale.
     """
-    n_freq = max(dim // 4, 1)
-    freqs = math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float64)
+    freqs = position_frequencies(max(sides), dim)
     rows = []
     for s in sides:
         c = (torch.arange(s, dtype=torch.float64) + 0.5) / s
@@ -121,19 +138,34 @@ class Pyramid(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Query and value biases only, as VAR's own attention: a key bias adds the
+    same amount to every score of a query, which softmax cancels (inert)."""
+
     def __init__(self, cfg: VARConfig):
         super().__init__()
+        d = cfg.width
         self.heads = cfg.heads
         self.backend = cfg.backend
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(d))
+        self.v_bias = nn.Parameter(torch.zeros(d))
+        self.proj = nn.Linear(d, d)
 
-    def forward(self, x, scale_ids, mask):
+    def qkv_bias(self) -> torch.Tensor:
+        return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+
+    def forward(self, x, scale_ids, mask, start: int = 0):
+        """Outputs for the tokens from ``start`` on (all of them by default)."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        w, bias = self.qkv.weight, self.qkv_bias()
+        if start:  # queries only where outputs are read; keys and values everywhere
+            q = F.linear(x[:, start:], w[:d], bias[:d])
+            k, v = F.linear(x, w[d:], bias[d:]).split(d, dim=2)
+        else:
+            q, k, v = F.linear(x, w, bias).split(d, dim=2)
+        q, k, v = (z.reshape(b, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         y = attention(q, k, v, scale_ids, self.backend, mask)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return self.proj(y.transpose(1, 2).reshape(b, t - start, d))
 
 
 class FFN(nn.Module):
@@ -152,8 +184,9 @@ class Block(nn.Module):
         norm = (lambda: nn.LayerNorm(cfg.width)) if cfg.layernorm else nn.Identity
         self.ln1, self.attn, self.ln2, self.ffn = norm(), SelfAttention(cfg), norm(), FFN(cfg)
 
-    def forward(self, x, scale_ids, mask):
-        x = x + self.attn(self.ln1(x), scale_ids, mask)
+    def forward(self, x, scale_ids, mask, start: int = 0):
+        """The block's outputs for the tokens from ``start`` on."""
+        x = x[:, start:] + self.attn(self.ln1(x), scale_ids, mask, start)
         return x + self.ffn(self.ln2(x))
 
 
@@ -176,15 +209,23 @@ class Backbone(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.ln_f = nn.LayerNorm(cfg.width) if cfg.layernorm else nn.Identity()
 
-    def forward(self, tokens: torch.Tensor, scale_ids: torch.Tensor) -> torch.Tensor:
-        """Hidden states for a token sequence, or for a prefix of whole scales."""
+    def forward(self, tokens: torch.Tensor, scale_ids: torch.Tensor,
+                read: int | None = None) -> torch.Tensor:
+        """Hidden states for a token sequence, or for a prefix of whole scales.
+
+        ``read``: how many trailing tokens the caller reads. The last block then
+        computes outputs for those only (every block before it is needed whole,
+        as keys and values), and only those are returned.
+        """
         mask = None
         if resolve_backend(self.cfg.backend, tokens.device, self.cfg.head_dim,
                            tokens.shape[1]) != "flex":
             mask = block_causal_mask(scale_ids)
         h = self.embed(tokens) + self.level(scale_ids) + self.pos[: tokens.shape[1]]
-        for block in self.blocks:
-            h = block(h, scale_ids, mask)
+        last = len(self.blocks) - 1
+        start = tokens.shape[1] - read if read is not None else 0
+        for i, block in enumerate(self.blocks):
+            h = block(h, scale_ids, mask, start if i == last else 0)
         return self.ln_f(h)
 
 
@@ -198,7 +239,7 @@ class VAR(nn.Module):
         self.backbone = Backbone(cfg)
         self.readout = nn.Linear(cfg.width, cfg.channels)
         self.gain = nn.Parameter(torch.zeros(()))
-        self.apply(init_weights)
+        init_weights(self, cfg)
         # Start as the zero map: the readout learns from the first step and
         # the gain alone can represent the one-step interpolation target.
         nn.init.zeros_(self.readout.weight)
@@ -206,9 +247,8 @@ class VAR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, last = self.pyramid(x)
-        h = self.backbone(tokens, self.pyramid.scale_ids)
         s = self.cfg.s_last
-        h_last = h[:, -s * s :, :]
+        h_last = self.backbone(tokens, self.pyramid.scale_ids, read=s * s)  # only these are read
         y = self.readout(h_last).transpose(1, 2) + self.gain * last  # (B, c, sK²)
         return y.reshape(x.shape[0], self.cfg.channels, s, s)
 
@@ -219,27 +259,66 @@ class VAR(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def num_params_effective(self) -> int:
+        """N less the parameters that provably change nothing (``redundant_params``)."""
+        return self.num_params() - redundant_params(self.cfg)
+
     def flops_per_sample(self) -> int:
         return var_flops(self.cfg)
 
 
-def init_weights(module: nn.Module) -> None:
-    """One place for initialisation (nanoGPT style)."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+def init_weights(model: nn.Module, cfg: VARConfig) -> None:
+    """One place for initialisation (nanoGPT style), by ``cfg.init``.
+
+    ``normal``: every linear and embedding weight N(0, 0.02), biases 0.
+    ``var``: VAR's width-aware init, std √(1/(3·width)), and the attention output
+    projection and the FFN output divided by √(2·depth).
+    """
+    std = 0.02 if cfg.init == "normal" else math.sqrt(1.0 / (3 * cfg.width))
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+    if cfg.init == "var":
+        for module in model.modules():
+            if isinstance(module, Block):
+                with torch.no_grad():
+                    module.attn.proj.weight.div_(math.sqrt(2 * cfg.depth))
+                    module.ffn.out.weight.div_(math.sqrt(2 * cfg.depth))
 
 
 def backbone_params(cfg: VARConfig) -> int:
     """Closed-form parameter count of :class:`Backbone` (no model built)."""
     d, c, r = cfg.width, cfg.channels, cfg.ffn_ratio
     ln = 2 * d if cfg.layernorm else 0
-    block = ln + (d * 3 * d + 3 * d) + (d * d + d) + ln + (d * r * d + r * d) + (r * d * d + d)
+    block = ln + (d * 3 * d + 2 * d) + (d * d + d) + ln + (d * r * d + r * d) + (r * d * d + d)
     pos = cfg.n_tokens * d if cfg.pos == "learned" else 0
     return (c * d + d) + cfg.scales * d + pos + cfg.depth * block + ln
+
+
+def redundant_params(cfg: VARConfig) -> int:
+    """Backbone parameters that other parameters absorb exactly (same set of maps without them).
+
+    - the embedding bias: the level embedding adds its own vector to every token;
+    - each value bias: softmax rows sum to 1, so it passes through as a constant
+      that the output projection's bias absorbs;
+    - without LayerNorm, each output-projection and FFN-output bias: a constant
+      added to the (linear) residual stream, absorbed by the biases that read it
+      (FFN input, next queries, readout); the key part is inert anyway;
+    - with a learned position code, the level embedding (the code is per token).
+
+    N counts every trainable parameter; "effective N" leaves these out.
+    """
+    d = cfg.width
+    out = d + cfg.depth * d
+    if not cfg.layernorm:
+        out += cfg.depth * 2 * d
+    if cfg.pos == "learned":
+        out += cfg.scales * d
+    return out
 
 
 def var_params(cfg: VARConfig) -> int:
@@ -247,19 +326,30 @@ def var_params(cfg: VARConfig) -> int:
     return backbone_params(cfg) + (cfg.width * cfg.channels + cfg.channels) + 1
 
 
-def backbone_flops(cfg: VARConfig, n_scales: int | None = None) -> int:
+def backbone_flops(cfg: VARConfig, n_scales: int | None = None, *, pyramid: bool = True,
+                   read_scales: int | None = None) -> int:
     """Forward FLOPs (2 per multiply-add) per sample of the pyramid and backbone.
 
-    ``n_scales`` counts a pass over a prefix of the sequence (FlowAR inference).
+    ``n_scales`` counts a pass over a prefix of the sequence (FlowAR inference);
+    ``pyramid=False`` leaves out the up-interpolations; ``read_scales`` counts
+    the last block for the queries of the last so many scales only (the
+    outputs that are read: ``Backbone.forward(read=...)``).
     """
     sides = cfg.sides[: n_scales or cfg.scales]
     d, c, r, t = cfg.width, cfg.channels, cfg.ffn_ratio, sum(s * s for s in sides)
-    pyramid = sum(2 * c * a * a * b * b for a, b in zip(sides, sides[1:]))
-    # attended (query, key) pairs under the block-causal mask
-    pairs = sum(s * s * sum(u * u for u in sides[: i + 1]) for i, s in enumerate(sides))
-    per_layer = 2 * t * d * 3 * d + 2 * 2 * pairs * d + 2 * t * d * d + 2 * 2 * t * d * r * d
-    return pyramid + 2 * t * c * d + cfg.depth * per_layer
+    ups = sum(2 * c * a * a * b * b for a, b in zip(sides, sides[1:])) if pyramid else 0
+    # attended (query, key) pairs under the block-causal mask, per query scale
+    pairs = [s * s * sum(u * u for u in sides[: i + 1]) for i, s in enumerate(sides)]
+
+    def layer(first: int) -> int:  # queries of scales first.., keys and values of all
+        tq = sum(s * s for s in sides[first:])
+        return (2 * t * d * 2 * d + 2 * tq * d * d + 2 * 2 * sum(pairs[first:]) * d
+                + 2 * tq * d * d + 2 * 2 * tq * d * r * d)
+
+    last = len(sides) - read_scales if read_scales else 0
+    return ups + 2 * t * c * d + (cfg.depth - 1) * layer(0) + layer(last)
 
 
 def var_flops(cfg: VARConfig) -> int:
-    return backbone_flops(cfg) + 2 * cfg.s_last**2 * cfg.width * cfg.channels
+    """Inference FLOPs per sample: the last block runs the last scale's queries only."""
+    return backbone_flops(cfg, read_scales=1) + 2 * cfg.s_last**2 * cfg.width * cfg.channels

@@ -323,20 +323,26 @@ def _frontier(db_url: str, sweep: str) -> list[dict]:
 
 
 def _print_frontier(rows: list[dict]) -> None:
+    from varbench.orchestrator.queries import interval_text
+
     table = Table(title="frontier N*(ε, L): smallest N reaching ε (err_ucb ≤ ε)")
-    for col in ("model", "target", "L", "ε", "N*", "trial", "err_ucb", "config / censored"):
-        table.add_column(col, justify="right" if col in ("L", "ε", "N*", "trial", "err_ucb") else "left")
+    for col in ("model", "target", "L", "ε", "N*", "95% interval", "N eff", "trial", "err_ucb",
+                "config / censored"):
+        table.add_column(col, justify="left" if col in ("model", "target", "config / censored")
+                         else "right")
     for r in rows:
         if r["reached"]:
             c = r["config"]
             extra = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
             if r["family"] == "flowar":
-                extra += f" steps={c.get('flow_steps')}"
+                extra += f" steps={c.get('flow_steps')} {c.get('flow_source') or 'interp'}"
             table.add_row(r["variant"], r["target"], f"{r['lipschitz']:g}", f"{r['eps']:g}",
-                          f"{r['n_star']:,}", str(r["trial"]), _fmt(r["err_ucb"]), extra)
+                          f"{r['n_star']:,}", interval_text(r["n_star_ci"]),
+                          f"{r['n_eff']:,}" if r.get("n_eff") else "-", str(r["trial"]),
+                          _fmt(r["err_ucb"]), extra)
         else:
             table.add_row(r["variant"], r["target"], f"{r['lipschitz']:g}", f"{r['eps']:g}",
-                          "not reached", "-", "-",
+                          "not reached", interval_text(r["n_star_ci"]), "-", "-", "-",
                           f"best err {_fmt(r['best_err'])}, largest N tried {r['max_n_tried'] or 0:,}")
     console.print(table)
 

@@ -174,7 +174,8 @@ class Driver:
         missing = self.recorder.cells_without_reference()
         todo = [cell for cell in self.cells if cell.cell_id in missing]
         refs = [reference_task.remote(cell.target, cell.lipschitz, c.channels, c.s_first,
-                                      c.s_last, c.target_seed, c.inputs, float(b.p))
+                                      c.s_last, c.target_seed, c.inputs, float(b.p),
+                                      trial_seed(self.spec, cell.study_name, -1))  # the cell's
                 for cell in todo]
         for cell, ref in zip(todo, ray.get(refs)):
             self.recorder.record_reference(cell.cell_id, cell.study_name, ref)

@@ -2,31 +2,61 @@
 
 from __future__ import annotations
 
-from varbench.orchestrator.store import ResultsView
+import math
+
+from varbench.orchestrator.store import ResultsView, trial_point
+from varbench.sweeps.frontier import N_BOOT, frontier_intervals
 from varbench.workers.errors import UserError
 
 
-def frontier_rows(store: ResultsView, sweep: str) -> list[dict]:
-    """One row per (cell, ε): N* with the trial and its config, or the censored point."""
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def interval_text(ci: list) -> str:
+    """[lo, hi] of N*, with "not reached" for a bound the resamples did not reach."""
+    lo, hi = ci
+    if lo is None:
+        return "-"
+    return f"[{lo:,.0f}, {hi:,.0f}]" if hi is not None else f"[{lo:,.0f}, not reached]"
+
+
+def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT) -> list[dict]:
+    """One row per (cell, ε): N* with its interval, the trial and its config, or the
+    censored point.
+
+    ``n_star_ci`` is the 95% interval of N* (``sweeps.frontier.frontier_intervals``:
+    whole trials and seed replicas resampled; it contains the point); None for a
+    bound that is "not reached" in the resamples.
+    """
     row = store.sweep(sweep)
     if row is None:
         raise UserError("SWEEP", f"no sweep named {sweep!r} in the results store")
     out = []
     for cell in store.cells(row.id):
-        trials = {t.number: t for t in store.trials(cell.id)}
+        rows = store.trials(cell.id)
+        trials = {t.number: t for t in rows}
         ref = (cell.reference or {}).get("affine", {})
-        for p in store.frontier(cell.id):
+        points = store.frontier(cell.id)
+        iv = frontier_intervals([trial_point(t) for t in rows], [p.eps for p in points], n_boot)
+        for p in points:
             t = trials.get(p.trial_number) if p.trial_number is not None else None
             cfg = t.config if t is not None else {}
+            lo, hi = iv.get(p.eps, (math.inf, math.inf))
             out.append({
                 "cell": cell.study_name, "variant": cell.variant, "family": cell.family,
                 "target": cell.target, "lipschitz": cell.lipschitz, "eps": p.eps,
-                "reached": p.reached, "n_star": p.n_star, "trial": p.trial_number,
+                "reached": p.reached, "n_star": p.n_star,
+                "n_star_ci": [_finite(lo), _finite(hi)],
+                "n_eff": (t.result or {}).get("n_params_eff") if t is not None else None,
+                "trial": p.trial_number,
                 "err_ucb": t.err_ucb if t is not None else None,
                 "best_err": p.best_err, "max_n_tried": p.max_n_tried, "n_trials": p.n_trials,
                 "affine_err": ref.get("err_ucb"),
+                "lipschitz_emp": (cell.reference or {}).get("lipschitz", {}).get("empirical"),
                 "config": {k: cfg.get(k) for k in ("width", "scales", "interp", "heads", "depth",
-                                                    "ffn_ratio", "flow_steps", "lr")} if cfg else {},
+                                                    "ffn_ratio", "flow_steps", "flow_source",
+                                                    "lr", "replicas")} if cfg else {},
             })
     return out
 

@@ -30,7 +30,7 @@ from varbench.orchestrator.lease import Lease
 from varbench.orchestrator.settings import Settings, check_workdir
 from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url, sqlite_path
 from varbench.orchestrator.tracking import TRIAL_TAG, Tracker, git_commit, source_tags
-from varbench.sweeps.frontier import FrontierPoint, frontier
+from varbench.sweeps.frontier import FrontierPoint, frontier, frontier_intervals
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 
 T = TypeVar("T")
@@ -136,6 +136,7 @@ class Recorder:
              "varbench.variant": variant.label, "varbench.target": target,
              "varbench.lipschitz": f"{lipschitz:g}", "varbench.spec_hash": spec.spec_hash(),
              "mlflow.note.content": _parent_note(spec, variant, target, lipschitz),
+             **({"varbench.flow_source": variant.flow_source} if variant.family == "flowar" else {}),
              **source_tags(self.commit), **self.tags},
             name=f"{variant.label} · {target} · L={lipschitz:g}",
             params=_parent_params(spec, variant, target, lipschitz, space or {}))
@@ -152,8 +153,11 @@ class Recorder:
 
     def record_reference(self, cell_id: int, study: str, ref: dict) -> None:
         self.store.set_cell_fields(cell_id, reference=ref)
-        self.tracker.log_parent_metrics(study, {
-            f"reference.{k}.err_ucb": v["err_ucb"] for k, v in ref.items()})
+        metrics = {f"reference.{k}.err_ucb": v["err_ucb"] for k, v in ref.items()
+                   if "err_ucb" in v}
+        if "lipschitz" in ref:
+            metrics["lipschitz_emp"] = ref["lipschitz"]["empirical"]
+        self.tracker.log_parent_metrics(study, metrics)
 
     # --- trials: lifecycle hooks ---------------------------------------------------
 
@@ -297,8 +301,25 @@ class Recorder:
             self.kill_open_trials("the sweep was interrupted")
         self._publish_plots()
         if status == "completed":
+            self.log_frontier_intervals()
             for study in studies:
                 self.tracker.finish_parent(study)
+
+    def log_frontier_intervals(self) -> None:
+        """N*(ε) and its 95% interval (``frontier_intervals``) on each study's parent run."""
+        eps = list(self.store.sweep(self.sweep).spec["eps"])
+        for cell in self.store.cells(self.sweep_id):
+            trials = self.store.trial_points(cell.id)
+            iv = frontier_intervals(trials, eps)
+            metrics = {}
+            for p in frontier(trials, eps):
+                if p.reached:
+                    lo, hi = iv[p.eps]
+                    metrics.update({f"nstar.eps_{p.eps:g}": p.n_star,
+                                    f"nstar_lo.eps_{p.eps:g}": lo,
+                                    f"nstar_hi.eps_{p.eps:g}": hi})  # inf (not reached) is left out
+            if metrics:
+                self.tracker.log_parent_metrics(cell.study_name, metrics)
 
     def attach_report(self, files: list[Path]) -> None:
         """The report's files on every study's parent run."""

@@ -107,6 +107,12 @@ class TrialRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+def trial_point(t: TrialRow) -> TrialPoint:
+    """The frontier's view of a stored trial, with its seed replicas' errors."""
+    reps = tuple(e for e in (t.result or {}).get("replica_err_ucb") or () if e is not None)
+    return TrialPoint(t.number, t.n_params, t.err_ucb, t.status, reps)
+
+
 class FrontierRow(Base):
     __tablename__ = "vb_frontier"
     __table_args__ = (UniqueConstraint("cell_id", "eps", name="uq_frontier_cell_eps"),)
@@ -335,7 +341,7 @@ class ResultsView:
             select(TrialRow).where(TrialRow.cell_id == cell_id).order_by(TrialRow.number))))
 
     def trial_points(self, cell_id: int) -> list[TrialPoint]:
-        return [TrialPoint(t.number, t.n_params, t.err_ucb, t.status) for t in self.trials(cell_id)]
+        return [trial_point(t) for t in self.trials(cell_id)]
 
     def frontier(self, cell_id: int) -> list[FrontierRow]:
         return self._run(lambda s: list(s.scalars(

@@ -22,11 +22,12 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, cr
 
 from varbench.models.attention import BACKENDS
 from varbench.models.families import FAMILIES
-from varbench.models.flowar import SOLVERS
+from varbench.models.flowar import HEADS, SOLVERS, SOURCES
 from varbench.models.inputs import INPUTS
 from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
 from varbench.models.targets import TARGETS
+from varbench.models.var import INITS
 from varbench.workers.config import TrialConfig
 from varbench.workers.errors import UserError
 from varbench.workers.training import resolve_device
@@ -56,6 +57,14 @@ def _device(value: str) -> str:
     if value in ("auto", "cpu") or (head == "cuda" and (not index or index.isdigit())):
         return value
     raise ValueError(f"unknown device {value!r}; use auto, cpu or cuda[:N]")
+
+
+def _flow_eval(value: str) -> str:
+    steps, sep, solver = value.partition(":")
+    if not sep or not steps.isdigit() or not 1 <= int(steps) <= 1024 or solver not in SOLVERS:
+        raise ValueError(f"flow eval {value!r} is not STEPS:SOLVER (1..1024 steps; solver one "
+                         f"of {', '.join(SOLVERS)})")
+    return value
 
 
 def _eps_grid(values: list[float]) -> list[float]:
@@ -99,8 +108,13 @@ TYPES: dict[str, Any] = {
     "depth": Small,
     "ffn_ratio": Small,
     "pos": Name(("sincos", "learned"), "position code"),
+    "init": Name(INITS, "initialisation"),
     "flow_steps": FlowSteps,
     "flow_solver": Name(SOLVERS, "flow solver"),
+    "flow_source": Name(SOURCES, "flow source"),
+    "flow_sigma": PosFloat,
+    "flow_head": Name(HEADS, "flow head"),
+    "flow_evals": list[Annotated[str, AfterValidator(_flow_eval)]],
     "steps": PosInt,
     "batch_size": BatchSize,
     "lr": PosFloat,
@@ -179,4 +193,5 @@ def build_trial_config(**settings: Any) -> TrialConfig:
         raise UserError("--device", f"{s.device} asked for, but torch {torch.__version__} "
                         "sees no CUDA device here; use --device cpu")
     values["eps"] = tuple(values["eps"])
+    values["flow_evals"] = tuple(values["flow_evals"])
     return TrialConfig(**values)

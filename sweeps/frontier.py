@@ -20,8 +20,9 @@ N_BOOT = 300  # bootstrap resamples, for every interval the project reports
 class TrialPoint:
     number: int
     n_params: int
-    err_ucb: float | None
+    err_ucb: float | None  # the best replica's, where the trial trained several seeds
     status: str  # "completed" or "failed"
+    replica_errs: tuple[float, ...] = ()  # each seed replica's err_ucb (replicas > 1)
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,31 @@ def pareto_front(trials: Iterable[TrialPoint]) -> list[TrialPoint]:
     return front
 
 
+def _resample_replicas(t: TrialPoint, rng: np.random.Generator) -> TrialPoint:
+    """The trial with its seed replicas resampled: err_ucb = best of R drawn with replacement."""
+    errs = [e for e in t.replica_errs if e is not None and math.isfinite(e)]
+    if len(errs) < 2 or t.err_ucb is None:
+        return t
+    best = min(errs[i] for i in rng.integers(0, len(errs), len(errs)))
+    return TrialPoint(t.number, t.n_params, best, t.status, t.replica_errs)
+
+
 def nstar_intervals(trials: list[TrialPoint], eps: list[float], n_boot: int = N_BOOT,
                     seed: int = 0) -> dict[float, tuple[float, float]]:
-    """95% bootstrap interval of N*(ε) for one cell; inf where not reached."""
+    """95% bootstrap interval of N*(ε) for one cell; inf where not reached.
+
+    Each draw resamples whole trials (search noise: which sizes the sampler
+    happened to try) and, inside a trial with seed replicas, its replicas
+    (optimisation noise: which seeds trained well). It does not cover the
+    budget: a longer training may move every point.
+    """
     rng = np.random.default_rng(seed)
     draws = {e: [] for e in eps}
     if not trials:
         return {e: (math.inf, math.inf) for e in eps}
     for _ in range(n_boot):
-        sample = [trials[i] for i in rng.integers(0, len(trials), len(trials))]
+        sample = [_resample_replicas(trials[i], rng)
+                  for i in rng.integers(0, len(trials), len(trials))]
         for p in frontier(sample, eps):
             draws[p.eps].append(p.n_star if p.reached else math.inf)
     out = {}
@@ -99,4 +116,22 @@ def nstar_intervals(trials: list[TrialPoint], eps: list[float], n_boot: int = N_
         # no interpolation: inf (not reached) must stay inf, never inf - inf = nan
         out[e] = (float(np.percentile(arr, 2.5, method="lower")),
                   float(np.percentile(arr, 97.5, method="higher")))
+    return out
+
+
+def frontier_intervals(trials: list[TrialPoint], eps: list[float], n_boot: int = N_BOOT,
+                       seed: int = 0) -> dict[float, tuple[float, float]]:
+    """The interval each frontier point carries: ``nstar_intervals``, widened to hold N*.
+
+    N* is a minimum, so its bootstrap distribution lies mostly at or above it;
+    a percentile interval can miss the point itself when the N* trial is one of
+    several near-ties. The reported interval always contains the point.
+    """
+    iv = nstar_intervals(trials, eps, n_boot, seed)
+    out = {}
+    for p in frontier(trials, eps):
+        lo, hi = iv[p.eps]
+        if p.reached:
+            lo, hi = min(lo, p.n_star), max(hi, p.n_star)
+        out[p.eps] = (lo, hi)
     return out

@@ -135,8 +135,12 @@ def fit_scaling(
     notes = []
     if not use_l:
         notes.append("one L: β not identifiable")
+    elif len({p[0] for p in points}) == 2:
+        notes.append("β from only two values of L: a slope through two points, not a law")
     if not use_eps:
         notes.append("one ε: γ not identifiable")
+    elif len({p[1] for p in points}) == 2:
+        notes.append("γ from only two values of ε: a slope through two points, not a law")
     fit.a, fit.beta, fit.gamma = _unpack(fit_points(points, use_l, use_eps, seed=seed), use_l, use_eps)
     rng = np.random.default_rng(seed)
     draws = []

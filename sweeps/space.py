@@ -11,10 +11,14 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from varbench.models.interp import canonical_interp, distinct_interps
+from varbench.models.schedule import scale_schedule
+from varbench.sweeps.fields import DEFAULTS
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 
 OPENABLE = ("heads", "depth", "ffn_ratio", "layernorm")  # fixed by a value, searched by a list
+FIXED = ("init", "flow_source", "flow_sigma", "flow_head")  # set per variant, never searched
 
 
 def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistribution]:
@@ -24,7 +28,7 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
     space: dict[str, BaseDistribution] = {
         "width": IntDistribution(s.width.low, s.width.high, log=s.width.log),
         "scales": IntDistribution(k_lo, k_hi),
-        "interp": CategoricalDistribution(list(s.interp)),
+        "interp": CategoricalDistribution(interp_choices(spec)),
     }
     if variant.family == "flowar":
         space["flow_steps"] = CategoricalDistribution(list(s.flow_steps))
@@ -35,6 +39,17 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
         if isinstance(value, list):
             space[name] = CategoricalDistribution(list(value))
     return space
+
+
+def _schedules(spec: SweepSpec) -> list[list[int]]:
+    k_lo, k_hi = spec.scale_range()
+    return [scale_schedule(spec.cells.s_first, spec.cells.s_last, k) for k in range(k_lo, k_hi + 1)]
+
+
+def interp_choices(spec: SweepSpec) -> list[str]:
+    """The spec's interpolation types less those that duplicate another at every K searched
+    (``area`` is ``nearest`` at integer ratios): no trial is spent on a copy."""
+    return distinct_interps(list(spec.search.interp), _schedules(spec))
 
 
 def trial_seed(spec: SweepSpec, study_name: str, number: int) -> int:
@@ -56,10 +71,15 @@ def trial_config(
     The cell and the budget are TrialConfig fields by name; the variant fixes
     what the search leaves closed; the sampled params override the rest.
     """
-    fixed = {name: getattr(variant, name) for name in OPENABLE}
+    fixed = {name: getattr(variant, name) for name in OPENABLE + FIXED}
     chosen = {**fixed, **params}
     heads = int(chosen["heads"])
+    if "interp" in chosen and "scales" in chosen:  # same pyramid at this K: one name for it
+        sides = scale_schedule(spec.cells.s_first, spec.cells.s_last, int(chosen["scales"]))
+        chosen["interp"] = canonical_interp(chosen["interp"], interp_choices(spec), sides)
     chosen["width"] = max(heads, int(round(params["width"] / heads)) * heads)
+    if variant.family == "flowar":  # every searched step count, on the same trained weights
+        chosen["flow_evals"] = tuple(f"{k}:{DEFAULTS.flow_solver}" for k in spec.search.flow_steps)
     return TrialConfig(
         model=variant.family, target=target, lipschitz=float(lipschitz),
         **spec.cells.settings(), **spec.budget.model_dump(), **chosen, eps=tuple(spec.eps), seed=seed,

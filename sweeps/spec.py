@@ -14,8 +14,10 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from varbench.models.flowar import HEADS, SOURCES
 from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
+from varbench.models.var import INITS
 
 # the same constrained types validate `varbench trial` (sweeps.fields)
 from varbench.sweeps.fields import (
@@ -63,6 +65,10 @@ class ModelVariant(Strict):
     depth: Small | list[Small] = DEFAULTS.depth
     ffn_ratio: Small | list[Small] = DEFAULTS.ffn_ratio
     layernorm: bool | list[bool] = DEFAULTS.layernorm
+    init: Name(INITS, "initialisation") = DEFAULTS.init
+    flow_source: Name(SOURCES, "flow source") = DEFAULTS.flow_source  # FlowAR only
+    flow_sigma: PosFloat = DEFAULTS.flow_sigma  # FlowAR's noise source only
+    flow_head: Name(HEADS, "flow head") = DEFAULTS.flow_head  # FlowAR only
 
     @field_validator("heads", "depth", "ffn_ratio", "layernorm")
     @classmethod
@@ -73,7 +79,13 @@ class ModelVariant(Strict):
 
     @property
     def label(self) -> str:
-        return self.name or self.family
+        """The name, or what it measures: ``var``, ``flowar-det`` or ``flowar-noise``."""
+        if self.name:
+            return self.name
+        if self.family == "flowar":
+            name = "flowar-det" if self.flow_source == "interp" else "flowar-noise"
+            return name + ("-transformer" if self.flow_head == "transformer" else "")
+        return self.family
 
 
 class Cells(Strict):

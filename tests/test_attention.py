@@ -68,3 +68,13 @@ def test_backends_match_reference_on_cuda(backend):
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
     for a, b in zip(gout, gref):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("start", [14, 5])  # the last scale's queries; scales 2.. (a split scale: 5)
+def test_queries_of_the_last_tokens_only_match_the_full_pass(backend, start):
+    ids = _ids()
+    q, k, v = _qkv(grad=False)
+    full = attention(q, k, v, ids, "reference")
+    torch.testing.assert_close(attention(q[:, :, start:], k, v, ids, backend), full[:, :, start:],
+                               atol=1e-5, rtol=1e-5)

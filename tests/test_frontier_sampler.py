@@ -1,7 +1,15 @@
+import math
+
 import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
-from varbench.sweeps.frontier import TrialPoint, frontier, pareto_front
+from varbench.sweeps.frontier import (
+    TrialPoint,
+    frontier,
+    frontier_intervals,
+    nstar_intervals,
+    pareto_front,
+)
 from varbench.sweeps.samplers import FrontierSampler, grid_values, make_sampler
 
 
@@ -22,6 +30,34 @@ def test_frontier_smallest_reaching_and_censored_points():
     reached = [pts[e].n_star for e in (0.1, 0.05)]
     assert reached == sorted(reached)
     assert [t.number for t in pareto_front(trials)] == [0, 2, 1, 4]
+
+
+def test_every_frontier_point_carries_an_interval_that_holds_it():
+    trials = [TrialPoint(i, n, e, "completed") for i, (n, e) in enumerate(
+        [(100, 0.2), (150, 0.09), (200, 0.095), (300, 0.06), (400, 0.04), (600, 0.045),
+         (800, 0.03)])]
+    eps = [0.1, 0.05, 0.035, 0.01]
+    iv = frontier_intervals(trials, eps)
+    for p in frontier(trials, eps):
+        lo, hi = iv[p.eps]
+        if p.reached:
+            assert lo <= p.n_star <= hi
+        else:
+            assert (lo, hi) == (math.inf, math.inf)
+    assert iv[0.1][1] > iv[0.1][0]  # several trials reach 0.1: search noise shows
+
+
+def test_seed_replicas_widen_the_interval():
+    # one trial per size; the 400 one reached 0.05 with its best seed only
+    base = [TrialPoint(0, 100, 0.2, "completed"), TrialPoint(2, 800, 0.03, "completed")]
+    lucky = TrialPoint(1, 400, 0.04, "completed")
+    spread = TrialPoint(1, 400, 0.04, "completed", (0.04, 0.07, 0.08))
+    hi_alone = nstar_intervals(base + [lucky], [0.05])[0.05][1]
+    hi_reps = nstar_intervals(base + [spread], [0.05])[0.05][1]
+    assert hi_reps >= hi_alone
+    # resampled replicas: sometimes the lucky seed is left out, and 800 becomes N*
+    draws = [nstar_intervals([spread], [0.05], seed=s)[0.05][1] for s in range(3)]
+    assert math.inf in draws
 
 
 def _objective(trial):

@@ -26,11 +26,17 @@ def test_report_from_real_sweep_embeds_plots_and_logs_artifacts(tmp_path, ray_lo
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
     md = (tmp_path / "work" / "reports" / "tiny" / "report.md").read_text()
     assert "## Frontier" in md and "## Scaling law" in md
+    assert "95% interval" in md and "pooled, L_emp" in md  # β against the measured L too
+    assert "plateau" not in md
     tracker = Tracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "varbench/tiny")
     for study in ("tiny:var:mlp:L=1", "tiny:var:mlp:L=2"):
         run_id = tracker.parent_run(study, {})
         names = {a.path for a in tracker.client.list_artifacts(run_id)}
         assert {"report.html", "report.md"} <= names
+        metrics = tracker.client.get_run(run_id).data.metrics
+        assert 0 < metrics["lipschitz_emp"] <= float(study.rsplit("=", 1)[1]) + 1e-6
+        reached = [k for k in metrics if k.startswith("nstar.")]  # frontier with its interval
+        assert all(metrics[f"nstar_lo.{k[6:]}"] <= metrics[k] for k in reached)
 
 
 def _nightly(spec, work, date, *extra):

@@ -53,3 +53,11 @@ def test_one_trial_deciding_every_point_is_not_a_fit():
     cells = [CellTrials(L, (TrialPoint(0, 250, 0.01, "completed"),)) for L in (1.0, 2.0)]
     fit = fit_scaling("flat", cells, EPS)
     assert fit.n_points == 10 and not fit.ok and "same N*" in fit.note
+
+
+def test_two_values_of_L_or_eps_are_flagged():
+    cells = synthetic(5)[:2]  # L = 1 and 2
+    fit = fit_scaling("two-L", cells, EPS, n_boot=50)
+    assert "β from only two values of L" in fit.note and "γ from only two" not in fit.note
+    fit = fit_scaling("two-eps", synthetic(5), [0.1, 0.03], n_boot=50)
+    assert "γ from only two values of ε" in fit.note and "β from only two" not in fit.note

@@ -65,6 +65,13 @@ def test_tiny_sweep_local_sqlite_then_rerun_adds_nothing(tmp_path, ray_local):
     rows = json.loads(res.stdout)
     assert len(rows) == 2 * len(spec.eps)
     assert all((r["n_star"] is None) != r["reached"] for r in rows)
+    for r in rows:  # every point carries its interval, and the interval holds the point
+        lo, hi = r["n_star_ci"]
+        if r["reached"]:
+            assert lo is not None and lo <= r["n_star"] and (hi is None or r["n_star"] <= hi)
+            assert 0 < r["n_eff"] < r["n_star"]
+    table = CliRunner().invoke(app, ["frontier", "tiny", "--workdir", str(tmp_path / "work")])
+    assert table.exit_code == 0, table.output
 
 
 def test_changed_spec_under_same_name_is_refused(tmp_path, ray_local):

@@ -67,3 +67,13 @@ def test_err_p_variants():
     e1 = error_estimate(pred, y, p=1)
     assert math.isclose(e1.err, (39 * 0.5 + 2.0) / 40)
     assert e1.err_ucb >= e1.err
+
+
+def test_reference_errors_follow_the_seed_and_carry_an_interval():
+    t = make_target("mlp", 2.0, 1, 2, 8, seed=0)
+    a = reference_errors(t, n_fit=2048, n_eval=4096, seed=11)
+    b = reference_errors(t, n_fit=2048, n_eval=4096, seed=12)
+    for k in ("affine", "interp_scale"):
+        assert a[k].err_lo < a[k].err < a[k].err_hi < 1.1 * a[k].err
+        assert a[k].err != b[k].err  # a cell's own draws, not one fixed sample for all
+        assert a[k].err_lo < b[k].err_hi and b[k].err_lo < a[k].err_hi  # same quantity

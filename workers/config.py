@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from varbench.models.flowar import FLOW_SOLVER, FLOW_STEPS
+from varbench.models.flowar import FLOW_HEAD, FLOW_SIGMA, FLOW_SOLVER, FLOW_SOURCE, FLOW_STEPS
 from varbench.models.metrics import DEFAULT_P
 from varbench.models.var import VARConfig
 
@@ -44,8 +44,14 @@ class TrialConfig:
     ffn_ratio: int = _MODEL.ffn_ratio
     layernorm: bool = _MODEL.layernorm
     pos: str = _MODEL.pos
+    init: str = _MODEL.init
     flow_steps: int = FLOW_STEPS
     flow_solver: str = FLOW_SOLVER
+    flow_source: str = FLOW_SOURCE  # FlowAR's z₀: "interp" (gain·φ(ŷ), deterministic) or "noise"
+    flow_sigma: float = FLOW_SIGMA  # the noise source's σ
+    flow_head: str = FLOW_HEAD  # FlowAR's velocity head: "mlp" (per token) or "transformer"
+    # more FlowAR inference settings, "steps:solver", evaluated on the same trained weights
+    flow_evals: tuple[str, ...] = ()
     # budget and optimisation
     steps: int = 2000
     batch_size: int = 64
@@ -69,12 +75,24 @@ class TrialConfig:
         return VARConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
 
     def family_options(self) -> dict:
-        """Settings a model family may take beyond its VARConfig (FlowAR's solver)."""
-        return {"flow_steps": self.flow_steps, "flow_solver": self.flow_solver}
+        """Settings a model family may take beyond its VARConfig (FlowAR's flow)."""
+        return {"flow_steps": self.flow_steps, "flow_solver": self.flow_solver,
+                "flow_source": self.flow_source, "flow_sigma": self.flow_sigma,
+                "flow_head": self.flow_head}
+
+    @property
+    def variant_name(self) -> str:
+        """What the trial measured, in words: ``var``, ``flowar-det`` or ``flowar-noise``
+        (``-transformer`` added for FlowAR's attention velocity head)."""
+        if self.model != "flowar":
+            return self.model
+        name = "flowar-det" if self.flow_source == "interp" else "flowar-noise"
+        return name + ("-transformer" if self.flow_head == "transformer" else "")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["eps"] = list(self.eps)
+        d["flow_evals"] = list(self.flow_evals)
         return d
 
     @classmethod
@@ -86,6 +104,8 @@ class TrialConfig:
         d = dict(d)
         if "eps" in d:
             d["eps"] = tuple(float(e) for e in d["eps"])
+        if "flow_evals" in d:
+            d["flow_evals"] = tuple(d["flow_evals"])
         return cls(**d)
 
     def key(self) -> str:
@@ -147,6 +167,7 @@ class TrialResult:
     err_ucb: float | None = None
     rel_err: float | None = None
     n_params: int = 0
+    n_params_eff: int = 0  # N less provably redundant parameters (models.var.redundant_params)
     flops: int = 0
     width: int = 0
     steps_run: int = 0
@@ -161,6 +182,9 @@ class TrialResult:
     pruned_at: int | None = None  # step the stopping rule fired (also when only observed)
     # learning curves, one per replica (``Curve.to_dict``): the trial's own first
     curves: list[dict] = field(default_factory=list)
+    # FlowAR: the trained model at each of cfg.flow_evals, each {flow_steps, flow_solver,
+    # err, err_ucb, rel_err, flops, reached} (one training, several inference settings)
+    flow_evals: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
     # a paused trial's state (workers.training.train_one); bytes, never in the stores

@@ -187,6 +187,7 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
     t0 = time.perf_counter()
     models = [build(c, device) for c in cfgs]  # each initialised as it would be alone
     n_params, flops = models[0].num_params(), models[0].flops_per_sample()
+    n_eff = models[0].num_params_effective()
     pop = PopulationVAR(models).to(device)
     del models
     params = dict(pop.named_parameters())
@@ -249,7 +250,8 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
     train_seconds = time.perf_counter() - t_train
     results = []
     for i, c in enumerate(cfgs):
-        res = TrialResult(status=status[i], reason=reason[i], n_params=n_params, flops=flops,
+        res = TrialResult(status=status[i], reason=reason[i], n_params=n_params,
+                          n_params_eff=n_eff, flops=flops,
                           width=c.width, device=str(device), config=c.to_dict(), population=r,
                           steps_run=steps_run[i], monitor_err=monitor[i],
                           pruned_at=rules[i].fired_at,

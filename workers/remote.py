@@ -14,7 +14,7 @@ import ray
 import torch
 
 from varbench.models.reference import reference_errors
-from varbench.models.targets import make_target
+from varbench.models.targets import empirical_lipschitz, make_target
 from varbench.workers.config import TrialConfig
 from varbench.workers.population import run_population
 from varbench.workers.trial import run_trial
@@ -55,9 +55,15 @@ def population_task(cfgs: list[dict], threads: int = 1, keys: list[str] | None =
 
 @ray.remote
 def reference_task(target: str, lipschitz: float, channels: int, s_first: int, s_last: int,
-                   target_seed: int, inputs: str, p: float) -> dict:
-    """The cell's reference errors (best affine map, interpolate-and-scale)."""
+                   target_seed: int, inputs: str, p: float, seed: int = 0) -> dict:
+    """The cell's reference errors (best affine map, interpolate-and-scale), each with
+    its 95% interval, from samples drawn with the cell's ``seed``."""
     torch.set_num_threads(1)
     t = make_target(target, lipschitz, channels, s_first, s_last, target_seed)
-    refs = reference_errors(t, inputs=inputs, p=p)
-    return {k: {"err": v.err, "err_ucb": v.err_ucb, "rel_err": v.rel_err} for k, v in refs.items()}
+    refs = reference_errors(t, inputs=inputs, p=p, seed=seed)
+    out = {k: {"err": v.err, "err_ucb": v.err_ucb, "rel_err": v.rel_err, "err_lo": v.err_lo,
+               "err_hi": v.err_hi, "n": v.n, "seed": seed} for k, v in refs.items()}
+    # the certified L labels the cell; the measured one (a lower bound) sits beside it
+    out["lipschitz"] = {"certified": float(t.certified_lipschitz),
+                        "empirical": float(empirical_lipschitz(t))}
+    return out

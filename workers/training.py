@@ -133,7 +133,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     model = build(cfg, device)
     target = build_target(cfg, device)
     result = TrialResult(status="completed", n_params=model.num_params(),
-                         flops=model.flops_per_sample(), width=cfg.width, device=str(device),
+                         n_params_eff=model.num_params_effective(), flops=model.flops_per_sample(), width=cfg.width, device=str(device),
                          config=cfg.to_dict())
     # one fused kernel for the whole update on a GPU, where a step is launch-bound
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -190,6 +190,8 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     result.final_loss = loss_val if math.isfinite(loss_val) else None
     model.eval()
     finish(result, model, target, cfg, device)
+    if result.status == "completed" and cfg.flow_evals:
+        result.flow_evals = evaluate_flow_settings(model, target, cfg, device)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -218,3 +220,27 @@ def _restore(blob: bytes, model, opt, sched, gen: torch.Generator,
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     rule.history = list(state["monitor"])
     return int(state["step"]), float(state["loss"])
+
+
+def parse_flow_eval(text: str) -> tuple[int, str]:
+    """ "4:heun" -> (4, "heun")."""
+    steps, _, solver = text.partition(":")
+    return int(steps), solver
+
+
+def evaluate_flow_settings(model: nn.Module, target, cfg: TrialConfig, device) -> list[dict]:
+    """The trained FlowAR at each (steps, solver) of ``cfg.flow_evals``: inference-only
+    settings, so no retraining; each with its own inference FLOPs."""
+    own = (model.flow_steps, model.flow_solver)
+    out = []
+    try:
+        for text in cfg.flow_evals:
+            model.flow_steps, model.flow_solver = parse_flow_eval(text)
+            est = evaluate(model, target, cfg, device)
+            out.append({"flow_steps": model.flow_steps, "flow_solver": model.flow_solver,
+                        "err": est.err, "err_ucb": est.err_ucb, "rel_err": est.rel_err,
+                        "flops": model.flops_per_sample(),
+                        "reached": {repr(float(e)): est.err_ucb <= e for e in cfg.eps}})
+    finally:
+        model.flow_steps, model.flow_solver = own
+    return out
