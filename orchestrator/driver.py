@@ -350,9 +350,8 @@ class Driver:
 
     def _with_bar(self, cell: Cell, cfg: TrialConfig) -> TrialConfig:
         """The trial with the error it must beat to move the cell's frontier, as the
-        frontier stands now (workers.stopping); no bar when the spec turns pruning off."""
-        if not cfg.prune:
-            return cfg
+        frontier stands now (workers.stopping). With pruning off the worker only
+        records where the rule would have stopped it (how wrong prunes are counted)."""
         key = shape_key(cfg)
         if key not in self._sizes:
             self._sizes[key] = param_count(cfg)

@@ -1,0 +1,63 @@
+"""How often would frontier-aware stopping have stopped a trial that then moved
+the frontier? Runs a spec with pruning off: every trial still gets its bar and
+records the step where the rule would have fired (``pruned_at``), and trains
+to the end. A wrong prune is a trial the rule would have stopped whose final
+err_ucb came in at or below its bar. The rule stays on where the rate is
+under 5% (issue 16).
+
+    .venv/bin/python -m benchmarks.prune_check [--spec sweeps/quick.yaml] [--trials N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from varbench.orchestrator.driver import run_sweep
+from varbench.orchestrator.settings import resolve_settings
+from varbench.orchestrator.store import ResultsView
+from varbench.sweeps.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default=str(ROOT / "sweeps" / "quick.yaml"))
+    ap.add_argument("--trials", type=int, default=None, help="trials per study (default: the spec's)")
+    args = ap.parse_args(argv)
+    spec = load_spec(args.spec)
+    update = {"name": f"{spec.name}-prunecheck-{os.getpid()}",
+              "budget": spec.budget.model_copy(update={"prune": False})}
+    if args.trials:
+        update["trials"] = args.trials
+    spec = spec.model_copy(update=update)
+    with tempfile.TemporaryDirectory(prefix="varbench-prune-") as work:
+        settings = resolve_settings(workdir=work)
+        t0 = time.perf_counter()
+        run_sweep(spec, settings)
+        wall = time.perf_counter() - t0
+        view = ResultsView(settings.db_url)
+        rows = [t for c in view.cells(view.sweep(spec.name).id) for t in view.trials(c.id)]
+    fired = [t for t in rows if t.result.get("pruned_at") is not None]
+    wrong = [t for t in fired if t.err_ucb is not None and t.config.get("bar") is not None
+             and t.err_ucb <= t.config["bar"]]
+    saved = sum(t.config["steps"] - t.result["pruned_at"] for t in fired)
+    total = sum(t.steps_run for t in rows)
+    print(json.dumps({
+        "spec": args.spec, "trials": len(rows), "wall_s": round(wall, 1),
+        "would_prune": len(fired), "wrong_prunes": len(wrong),
+        "wrong_rate": len(wrong) / len(fired) if fired else None,
+        "steps_saved": saved, "steps_run": total,
+        "steps_saved_fraction": saved / total if total else None,
+        "wrong": [{"trial": t.number, "n_params": t.n_params, "bar": t.config["bar"],
+                   "err_ucb": t.err_ucb, "pruned_at": t.result["pruned_at"]} for t in wrong],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
