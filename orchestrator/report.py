@@ -266,6 +266,8 @@ def frontier_markdown(rows: list[dict]) -> list[str]:
         ci = interval_text(r["n_star_ci"])
         if r["reached"]:
             cfg = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
+            if r["family"] == "flowar":
+                cfg += f" steps={c.get('flow_steps')} source={c.get('flow_source') or 'interp'}"
             n_eff = f"{r['n_eff']:,}" if r.get("n_eff") else "-"
             lines.append(f"| {r['variant']} | {r['target']} | {r['lipschitz']:g} | {r['eps']:g} | "
                          f"{r['n_star']:,} | {ci} | {n_eff} | {r['trial']} | {_fmt(r['err_ucb'])} | "
@@ -313,7 +315,7 @@ def build_report(store: ResultsView, sweep: str, out_dir: Path, n_boot: int = N_
     """``fits`` may be passed when the caller already computed them (nightly)."""
     row, cells, trials = collect(store, sweep)
     eps = row.spec["eps"]
-    rows = frontier_rows(store, sweep)
+    rows = frontier_rows(store, sweep, n_boot=n_boot)
     if fits is None:
         fits = scaling_fits(cells, trials, eps, n_boot=n_boot)
     plots = {"Error vs N with the Pareto front, per cell": plot_err_vs_n(cells, trials, eps)}

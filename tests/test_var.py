@@ -208,6 +208,7 @@ def test_reading_only_the_last_scale_equals_the_full_pass(backend, depth):
     assert backbone_flops(cfg) - backbone_flops(cfg, read_scales=1) == saved
 
 
+@torch.no_grad()
 def test_var_init_is_width_aware_and_scales_the_output_projections():
     cfg = VARConfig(width=64, depth=2, init="var")
     torch.manual_seed(0)
