@@ -73,8 +73,22 @@ def reachability(settings: Settings, address: str | None = None) -> list[Check]:
                lambda: Tracker(settings.tracking_uri, "").check()),
     ]
     if address:
-        out.append(_probe(f"Ray {address}", lambda: check_address(address)))
+        out.append(_probe(f"Ray {address}", lambda: _check_ray(address)))
     return out
+
+
+def _check_ray(address: str) -> None:
+    """The port answers and, for a Jobs API (dashboard) address, it accepts us: a
+    cluster with token authentication refuses a client without the token."""
+    from urllib.parse import urlparse
+
+    from varbench.orchestrator.cluster import check_address
+
+    check_address(address)
+    if urlparse(address).scheme in ("http", "https"):
+        from varbench.orchestrator.submit import client
+
+        client(address).list_jobs()
 
 
 def run_checks(settings: Settings, address: str | None = None) -> list[Check]:

@@ -136,3 +136,14 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def test_doctor_checks_the_token_not_just_the_port(token_cluster, tmp_path):
+    """Issue 15 item 11: doctor said "ok" for a cluster that would refuse us."""
+    url, token = token_cluster
+    work = ["--workdir", str(tmp_path / "work")]
+    res = _varbench(["doctor", "--address", url, *work], None, home=str(tmp_path))
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr
+    assert "RAY_AUTH_TOKEN" in " ".join(res.stdout.split()), res.stdout
+    ok = _varbench(["doctor", "--address", url, *work], token, home=str(tmp_path))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
