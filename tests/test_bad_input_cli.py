@@ -48,6 +48,8 @@ CASES = [  # (id, args with {w} = work dir, {f} = a file, {p} = a free port, fra
     ("run --tracking unreachable server", ["run", "{spec}", "--workdir", "{w}", "--tracking",
                                            "http://127.0.0.1:{p}"],
      ["cannot reach the MLflow tracking server"]),
+    ("run --db sqlite under a file", ["run", "{spec}", "--workdir", "{w}", "--db",
+                                      "sqlite:///{f}/x.db"], ["--db", "is a file"]),
     ("run --db unreachable", ["run", "{spec}", "--workdir", "{w}", "--db",
                               "postgresql://u:pw@127.0.0.1:{p}/x"],
      ["cannot reach the results database"]),
@@ -139,6 +141,7 @@ def test_resources_no_node_can_meet_are_refused_before_the_first_trial(tmp_path,
     assert "largest node has 2 CPU and 0 GPU" in str(exc.value)
     assert "\n" not in str(exc.value)
     assert __import__("time").perf_counter() - t0 < 60
+    assert not (tmp_path / "work").exists()  # refused before any store was created
 
 
 def test_a_head_advertising_an_unreachable_address_is_one_line_not_a_hang(monkeypatch):
