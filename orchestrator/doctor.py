@@ -59,7 +59,6 @@ def _missing_sqlite(url: str) -> bool:
 
 def reachability(settings: Settings, address: str | None = None) -> list[Check]:
     """The results store, the MLflow store and (if given) the Ray cluster."""
-    from varbench.orchestrator.cluster import check_address
     from varbench.orchestrator.tracking import Tracker
 
     db = mask_url(settings.db_url)
