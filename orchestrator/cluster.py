@@ -49,6 +49,36 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _node_addresses(address: str, timeout_s: float) -> list[tuple[str, int]]:
+    """(advertised address, raylet port) of every live node, asked of the GCS."""
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    infos = GcsClient(address=address).get_all_node_info(timeout=timeout_s).values()
+    return [(i.node_manager_address, i.node_manager_port) for i in infos
+            if i.state == GcsNodeInfo.GcsNodeState.ALIVE]
+
+
+def check_advertised(address: str, timeout_s: float = 10.0) -> None:
+    """A GCS that answers on ``address`` may advertise its nodes at addresses this
+    machine cannot reach (a head started with another --node-ip-address, an SSH
+    tunnel); ``ray.init`` would then hang for minutes. Refuse in one line naming
+    them instead."""
+    try:
+        nodes = _node_addresses(address, timeout_s)
+    except Exception as exc:  # noqa: BLE001 - Ray raises several types here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError("--address", f"the Ray GCS at {address} did not answer within "
+                        f"{timeout_s:g} s ({first})") from None
+    if not nodes or any(_reachable(host, port, timeout=3.0) for host, port in nodes):
+        return
+    shown = ", ".join(sorted({f"{h}:{p}" for h, p in nodes}))
+    raise UserError("--address", f"the cluster at {address} advertises its nodes at {shown}, "
+                    "which this machine cannot reach; run from a machine on the cluster's "
+                    "network, or submit through the Jobs API instead (varbench submit "
+                    "--address http://HEAD:8265)")
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start or join Ray once per process."""
     if ray.is_initialized():
@@ -60,6 +90,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
                  _node_ip_address="127.0.0.1")
         return
     check_address(address)
+    if "://" not in address and address != "auto":
+        check_advertised(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError) as exc:

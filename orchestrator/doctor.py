@@ -84,12 +84,25 @@ def _tracking_store(settings: Settings) -> Check:
 
 def reachability(settings: Settings, address: str | None = None) -> list[Check]:
     """The results store, the MLflow store and (if given) the Ray cluster."""
-    from varbench.orchestrator.cluster import check_address
 
     out = [_results_store(settings), _tracking_store(settings)]
     if address:
-        out.append(_probe(f"Ray {address}", lambda: check_address(address)))
+        out.append(_probe(f"Ray {address}", lambda: _check_ray(address)))
     return out
+
+
+def _check_ray(address: str) -> None:
+    """The port answers and, for a Jobs API (dashboard) address, it accepts us: a
+    cluster with token authentication refuses a client without the token."""
+    from urllib.parse import urlparse
+
+    from varbench.orchestrator.cluster import check_address
+
+    check_address(address)
+    if urlparse(address).scheme in ("http", "https"):
+        from varbench.orchestrator.submit import client
+
+        client(address).list_jobs()
 
 
 def run_checks(settings: Settings, address: str | None = None) -> list[Check]:

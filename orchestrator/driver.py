@@ -9,7 +9,9 @@ worker its next trial, then logs the result on the trial's MLflow child run
 frontier. Workers only compute; ``studies`` talks to Optuna and
 ``recorder`` does every write to the store and MLflow.
 
-Resume: running the same sweep again continues it. Optuna trials left RUNNING
+One driver per sweep: before it touches the sweep, the driver takes the
+sweep's lease in the store (``lease``), and a second driver is refused or
+waits. Resume: running the same sweep again continues it. Optuna trials left RUNNING
 by a dead driver are completed from the store when their result was recorded,
 or failed and their params re-queued when it was not; store rows without an
 MLflow run get theirs (found again by tag, or logged), and MLflow runs left
@@ -119,11 +121,15 @@ class Driver:
         if self._checked:
             return
         self._arm()  # first: a Ctrl-C during ray.init is deferred, not raised inside it
-        if self.address not in (None, "", "local", "auto"):
-            cluster.check_address(self.address)
-        self.recorder.check()
-        cluster.connect(self.address)
-        cluster.check_fits(self.spec.resources.cpus, self.spec.resources.gpus)
+        try:
+            if self.address not in (None, "", "local", "auto"):
+                cluster.check_address(self.address)
+            self.recorder.check()
+            cluster.connect(self.address)
+            cluster.check_fits(self.spec.resources.cpus, self.spec.resources.gpus)
+        except BaseException:
+            self._disarm()
+            raise
         self._checked = True
         self._check_stop()
 
@@ -152,7 +158,9 @@ class Driver:
             self._refresh_frontier(cell)
 
     def _recover(self) -> None:
-        """Settle what a dead driver left behind (see module docstring)."""
+        """Settle what a dead driver left behind (see module docstring). Runs only
+        under this driver's lease, so every RUNNING trial it finds belongs to a
+        driver whose lease has expired (or to this one, after a Ctrl-C)."""
         for cell in self.cells:
             recorded = {t.number: t for t in self.recorder.trials(cell.cell_id)}
             for t in self.studies.running(cell.study):

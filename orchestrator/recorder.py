@@ -76,13 +76,16 @@ class Recorder:
 
     def check(self) -> None:
         """The work directory usable and both stores reachable, before anything is
-        written: a store that is a local SQLite file (which its check creates) is
-        checked last, so a bad server address leaves no file behind."""
-        checks = [(self.settings.db_url, self.store.check),
-                  (self.settings.tracking_uri, self.tracker.check)]
+        written. A local SQLite store not created yet is not opened here (that
+        would create it): its directory must be creatable, and the sweep's set-up
+        creates it once every other check (Ray, resources) has passed."""
         check_workdir(self.settings.workdir)  # artifacts and the default stores live there
-        for _, check in sorted(checks, key=lambda c: _creates_file(c[0])):
-            check()
+        for url, check, flag in ((self.settings.db_url, self.store.check, "--db"),
+                                 (self.settings.tracking_uri, self.tracker.check, "--tracking")):
+            if _creates_file(url):
+                check_workdir(sqlite_path(url).parent, flag)
+            else:
+                check()
 
     # --- a sweep's start -------------------------------------------------------
 

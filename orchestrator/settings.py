@@ -40,20 +40,20 @@ def resolve_settings(
     return Settings(home, db_url, tracking_uri)
 
 
-def check_workdir(path: Path) -> None:
-    """Refuse, in one line and before anything is written, a work directory that
-    cannot be one: a file, or under a path that does not exist or is not writable.
+def check_workdir(path: Path, flag: str = "--workdir") -> None:
+    """Refuse, in one line and before anything is written, a directory that cannot
+    be one: a file, or under a path that does not exist or is not writable.
     Creates nothing."""
     if path.exists():
         if not path.is_dir():
-            raise UserError("--workdir", f"{path} is a file, not a directory")
+            raise UserError(flag, f"{path} is a file, not a directory")
         if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError("--workdir", f"{path} is not writable")
+            raise UserError(flag, f"{path} is not writable")
         return
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError("--workdir", f"cannot create {path}: {parent} is a file")
+        raise UserError(flag, f"cannot create {path}: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError("--workdir", f"cannot create {path}: {parent} is not writable")
+        raise UserError(flag, f"cannot create {path}: {parent} is not writable")

@@ -48,6 +48,8 @@ CASES = [  # (id, args with {w} = work dir, {f} = a file, {p} = a free port, fra
     ("run --tracking unreachable server", ["run", "{spec}", "--workdir", "{w}", "--tracking",
                                            "http://127.0.0.1:{p}"],
      ["cannot reach the MLflow tracking server"]),
+    ("run --db sqlite under a file", ["run", "{spec}", "--workdir", "{w}", "--db",
+                                      "sqlite:///{f}/x.db"], ["--db", "is a file"]),
     ("run --db unreachable", ["run", "{spec}", "--workdir", "{w}", "--db",
                               "postgresql://u:pw@127.0.0.1:{p}/x"],
      ["cannot reach the results database"]),
@@ -139,3 +141,33 @@ def test_resources_no_node_can_meet_are_refused_before_the_first_trial(tmp_path,
     assert "largest node has 2 CPU and 0 GPU" in str(exc.value)
     assert "\n" not in str(exc.value)
     assert __import__("time").perf_counter() - t0 < 60
+    assert not (tmp_path / "work").exists()  # refused before any store was created
+
+
+def test_a_head_advertising_an_unreachable_address_is_one_line_not_a_hang(monkeypatch):
+    """Issue 15 item 9: the TCP probe of --address passed, then ray.init went to the
+    node's advertised 192.0.2.2 and hung for minutes."""
+    import socket
+    import time
+
+    from varbench.orchestrator import cluster
+    from varbench.workers.errors import UserError
+
+    with socket.socket() as gcs:  # something answers on the address given
+        gcs.bind(("127.0.0.1", 0))
+        gcs.listen()
+        address = f"127.0.0.1:{gcs.getsockname()[1]}"
+        monkeypatch.setattr(cluster, "_node_addresses",
+                            lambda addr, timeout_s: [("192.0.2.2", 40123)])
+        t0 = time.perf_counter()
+        with pytest.raises(UserError, match="advertises its nodes at 192.0.2.2:40123") as exc:
+            cluster.check_advertised(address)
+        assert time.perf_counter() - t0 < 10 and "\n" not in str(exc.value)
+
+
+def test_the_advertised_address_check_passes_on_a_real_cluster(ray_local):
+    from varbench.orchestrator import cluster
+
+    node = ray_local._private.worker.global_worker.node
+    assert cluster._node_addresses(node.gcs_address, 10)  # the real GCS call works
+    cluster.check_advertised(node.gcs_address)

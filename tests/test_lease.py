@@ -143,20 +143,20 @@ def test_two_drivers_started_together_run_the_sweep_once(tmp_path, db_url):
     agree(db_url, spec)
 
 
-def test_staggered_driver_is_refused_then_waits_and_touches_no_live_trial(tmp_path):
+def test_staggered_driver_is_refused_then_waits_and_touches_no_live_trial(tmp_path, db_url):
     work = tmp_path / "work"
-    db = f"sqlite:///{work / 'varbench.db'}"
+    db = db_url
     data = yaml.safe_load(SLOW.read_text())
     data["trials"] = 10  # long enough for two more drivers to start meanwhile
     path = tmp_path / "slow.yaml"
     path.write_text(yaml.safe_dump(data))
-    first = _start(["run", str(path), "--workdir", str(work)])
+    first = _start(["run", str(path), "--workdir", str(work), "--db", db])
     third = None
     try:
         _wait_for(lambda: _recorded(db, "slow") >= 1, 240, "a recorded trial")
         # mid-sweep: a third driver waits for the lease; a second is refused in one line
-        third = _start(["run", str(path), "--workdir", str(work), "--wait-lock"])
-        second = subprocess.run([VARBENCH, "run", str(path), "--workdir", str(work),
+        third = _start(["run", str(path), "--workdir", str(work), "--db", db, "--wait-lock"])
+        second = subprocess.run([VARBENCH, "run", str(path), "--workdir", str(work), "--db", db,
                                  "--no-progress"], cwd=ROOT, capture_output=True, text=True,
                                 timeout=300)
         assert_user_error(second, "'slow' is already running", "driver pid", "--wait-lock")
@@ -172,7 +172,7 @@ def test_staggered_driver_is_refused_then_waits_and_touches_no_live_trial(tmp_pa
             if p is not None and p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
     spec = load_spec(path)
-    check_sweep(spec, resolve_settings(workdir=str(work)), 10)
+    check_sweep(spec, resolve_settings(workdir=str(work), db=db), 10)
     agree(db, spec)
 
 

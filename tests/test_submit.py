@@ -127,7 +127,8 @@ def test_test_head_listens_on_loopback_only(token_cluster):
     ours = [ln for ln in listening.splitlines()
             if any(f"pid={p}," in ln for p in pids)]
     assert ours, listening  # the head's servers are found
-    wide = [ln for ln in ours if ln.split()[3].rsplit(":", 1)[0] not in ("127.0.0.1", "[::1]")]
+    loopback = ("127.0.0.1", "[::1]", "[::ffff:127.0.0.1]")
+    wide = [ln for ln in ours if ln.split()[3].rsplit(":", 1)[0] not in loopback]
     assert not wide, wide
 
 
@@ -136,3 +137,14 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def test_doctor_checks_the_token_not_just_the_port(token_cluster, tmp_path):
+    """Issue 15 item 11: doctor said "ok" for a cluster that would refuse us."""
+    url, token = token_cluster
+    work = ["--workdir", str(tmp_path / "work")]
+    res = _varbench(["doctor", "--address", url, *work], None, home=str(tmp_path))
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr
+    assert "RAY_AUTH_TOKEN" in " ".join(res.stdout.split()), res.stdout
+    ok = _varbench(["doctor", "--address", url, *work], token, home=str(tmp_path))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
