@@ -67,6 +67,7 @@ class Recorder:
         """Both stores reachable, before anything is written."""
         self.store.check()
         self.tracker.check()
+        self.tracker.check_artifacts(self.settings.workdir)
 
     # --- a sweep's start -------------------------------------------------------
 
