@@ -260,8 +260,9 @@ class Recorder:
 
     def close_sweep(self, status: str, studies: list[str]) -> None:
         self.store.set_sweep_status(self.sweep_id, status)
-        if status == "interrupted":
+        if status == "interrupted":  # quickly: the plots wait for the resumed sweep's end
             self.kill_open_trials("the sweep was interrupted")
+            return
         self._publish_plots()
         if status == "completed":
             for study in studies:
