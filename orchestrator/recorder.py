@@ -86,6 +86,8 @@ class Recorder:
                 check_workdir(sqlite_path(url).parent, flag)
             else:
                 check()
+        if not _creates_file(self.settings.tracking_uri):  # a copied work dir is refused
+            self.tracker.check_artifacts(self.settings.workdir)
 
     # --- a sweep's start -------------------------------------------------------
 
@@ -300,8 +302,9 @@ class Recorder:
 
     def close_sweep(self, status: str, studies: list[str]) -> None:
         self.store.set_sweep_status(self.sweep_id, status)
-        if status == "interrupted":
+        if status == "interrupted":  # quickly: the plots wait for the resumed sweep's end
             self.kill_open_trials("the sweep was interrupted")
+            return
         self._publish_plots()
         if status == "completed":
             self.log_frontier_intervals()

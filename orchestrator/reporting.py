@@ -30,10 +30,13 @@ def publish_report(settings: Settings, sweep: str, out: Path | None = None,
     to the studies' MLflow runs."""
     view = ResultsView(settings.db_url)
     view.check()
+    recorder = Recorder(settings, sweep) if log else None
+    if recorder is not None:
+        recorder.check()  # a moved work directory is refused before anything is written
     out_dir = out or settings.workdir / "reports" / sweep
     rep = build_report(view, sweep, out_dir, n_boot=n_boot, extra_md=extra_md, fits=fits)
-    if log:
-        Recorder(settings, sweep).attach_report([rep.html_path, rep.md_path])
+    if recorder is not None:
+        recorder.attach_report([rep.html_path, rep.md_path])
     return rep
 
 

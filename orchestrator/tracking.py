@@ -115,6 +115,23 @@ class Tracker:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise UserError(mask_url(self.uri), f"cannot reach the MLflow tracking store ({first})") from None
 
+    def check_artifacts(self, workdir: Path) -> None:
+        """Refuse, before any write, a work directory whose MLflow store keeps its
+        artifacts somewhere else: a copied or moved work directory would otherwise
+        write into the original (MLflow stores artifact locations as absolute URIs)."""
+        if not self.artifact_root or urlparse(self.uri).scheme in ("http", "https"):
+            return
+        exp = self.client.get_experiment_by_name(self.experiment)  # a read
+        if exp is None or not exp.artifact_location.startswith("file:"):
+            return
+        want = Path(self.artifact_root).resolve()
+        have = Path(urlparse(exp.artifact_location).path)
+        if have != want:
+            raise UserError(str(workdir), f"this work directory's MLflow store keeps the "
+                            f"artifacts of {self.experiment!r} in {have}, not in {want}: was it "
+                            f"copied or moved? Work in the original, or give the copy a fresh "
+                            f"MLflow store with --tracking") from None
+
     def experiment_id(self) -> str:
         if self._exp_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)

@@ -255,3 +255,27 @@ def test_dashboard_binds_loopback_or_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name, path=None: None)
     assert_user_error(CliRunner().invoke(app, ["dashboard", "--workdir", str(tmp_path)]),
                       "varbench[dashboard]")
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def test_a_copied_work_dir_is_refused_in_one_line_without_touching_the_original(
+        tmp_path, ray_local):
+    import shutil
+
+    spec_path = tiny_spec(tmp_path, trials=1)
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    run_sweep(load_spec(spec_path), resolve_settings(workdir=str(first)))
+    shutil.copytree(first, copy)
+    before = _tree(first / "mlartifacts")
+    for args in (["report", "tiny", "--boot", "20"], ["run", str(spec_path), "--no-progress"]):
+        res = CliRunner().invoke(app, [*args, "--workdir", str(copy)])
+        assert_user_error(res, str(first / "mlartifacts"), str(copy / "mlartifacts"))
+    assert _tree(first / "mlartifacts") == before
+    # what needs no MLflow write still works on the copy
+    res = CliRunner().invoke(app, ["report", "tiny", "--no-log", "--boot", "20", "--workdir",
+                                   str(copy)])
+    assert res.exit_code == 0, res.output
