@@ -73,6 +73,7 @@ def test_learning_curves_alone_and_in_a_population_agree():
             assert math.isclose(x, y, rel_tol=1e-4)
         assert ca["lr"] == cb["lr"]
     assert together[1].curves[0]["lr"][-1][1] < 3e-3  # cosine decay, replica's own lr
-    r = run_trial(TrialConfig(target="mlp", lipschitz=2.0, width=8, steps=400, eval_every=100,
-                              n_eval=128, replicas=2, eps=(1e-6,)))
-    assert len(r.curves) == 2 and all(len(c["loss"]) == 100 for c in r.curves)  # k = 4
+    r = run_trial(TrialConfig(target="mlp", lipschitz=2.0, width=4, scales=2, steps=201,
+                              eval_every=100, n_eval=128, replicas=2, eps=(1e-6,)))
+    assert len(r.curves) == 2  # one per replica; k = ceil(201 / 100) = 3, so 67 points
+    assert all([s for s, _ in c["loss"]] == [*range(3, 202, 3)] for c in r.curves)

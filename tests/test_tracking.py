@@ -43,10 +43,11 @@ def check_tracking(spec, settings) -> None:
         assert params["budget.steps"] == str(spec.budget.steps)
         assert params["search.width"] == "int 4..16 log"
         # the parent's N* metrics are the frontier varbench prints
-        nstar = {k: v for k, v in parent.data.metrics.items() if k.startswith("nstar.")}
-        want = {f"nstar.eps_{r['eps']:g}": r["n_star"] for r in rows
-                if r["cell"] == cell.study_name and r["reached"]}
-        assert nstar == want and want
+        mine = [r for r in rows if r["cell"] == cell.study_name]
+        want = {f"nstar.eps_{r['eps']:g}": r["n_star"] for r in mine if r["reached"]}
+        assert want and {k: parent.data.metrics.get(k) for k in want} == want
+        assert not any(f"nstar.eps_{r['eps']:g}" in parent.data.metrics
+                       for r in mine if not r["reached"])  # censored: no made-up N*
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {"frontier.json", "frontier.md", "spec.yaml", "err_vs_n.png"} <= artifacts
         study = optuna.load_study(study_name=cell.study_name, storage=settings.db_url)
