@@ -272,10 +272,6 @@ class Recorder:
         study, parent = self._cells[cell_id]
         step = max((p.n_trials for p in points), default=0)
         metrics = [(f"nstar.eps_{p.eps:g}", p.n_star, step) for p in points if p.reached]
-        # an interval, once the frontier carries one (n_star_lo / n_star_hi, ...)
-        metrics += [(f"nstar.eps_{p.eps:g}.{k[len('n_star_'):]}", v, step) for p in points
-                    for k, v in p.to_dict().items()
-                    if p.reached and k.startswith("n_star_") and isinstance(v, (int, float))]
         best = next((p.best_err for p in points if p.best_err is not None), None)
         metrics += [("frontier.best_err_ucb", best, step),
                     ("frontier.eps_reached", sum(p.reached for p in points), step)]
