@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default=str(ROOT / "sweeps" / "quick.yaml"))
     ap.add_argument("--only", choices=("peer", "varbench"), default=None)
+    ap.add_argument("--out", default=None, help="also write the JSON here (Tune prints to stdout)")
     args = ap.parse_args(argv)
     spec = load_spec(args.spec)
     spec = spec.model_copy(update={"name": f"{spec.name}-bench-{os.getpid()}"})
@@ -142,7 +143,10 @@ def main(argv: list[str] | None = None) -> None:
             result["varbench"] = run_varbench(spec, Path(tmp) / "varbench")
     if "peer" in result and "varbench" in result:
         result["comparison"] = compare(result["peer"], result["varbench"])
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

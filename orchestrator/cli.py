@@ -323,28 +323,35 @@ def _frontier(db_url: str, sweep: str) -> list[dict]:
 
 
 def _print_frontier(rows: list[dict]) -> None:
+    """One compact table per (model, target), readable at 80 columns; the JSON
+    (`frontier --json`) and the report carry every field, effective N included."""
+    from rich import box
+
     from varbench.orchestrator.queries import interval_text
 
-    table = Table(title="frontier N*(ε, L): smallest N reaching ε (err_ucb ≤ ε)")
-    for col in ("model", "target", "L", "ε", "N*", "95% interval", "N eff", "trial", "err_ucb",
-                "config / censored"):
-        table.add_column(col, justify="left" if col in ("model", "target", "config / censored")
-                         else "right")
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        if r["reached"]:
-            c = r["config"]
-            extra = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
-            if r["family"] == "flowar":
-                extra += f" steps={c.get('flow_steps')} {c.get('flow_source') or 'interp'}"
-            table.add_row(r["variant"], r["target"], f"{r['lipschitz']:g}", f"{r['eps']:g}",
-                          f"{r['n_star']:,}", interval_text(r["n_star_ci"]),
-                          f"{r['n_eff']:,}" if r.get("n_eff") else "-", str(r["trial"]),
-                          _fmt(r["err_ucb"]), extra)
-        else:
-            table.add_row(r["variant"], r["target"], f"{r['lipschitz']:g}", f"{r['eps']:g}",
-                          "not reached", interval_text(r["n_star_ci"]), "-", "-", "-",
-                          f"best err {_fmt(r['best_err'])}, largest N tried {r['max_n_tried'] or 0:,}")
-    console.print(table)
+        groups.setdefault((r["variant"], r["target"]), []).append(r)
+    for (variant, target), group in groups.items():
+        table = Table(title=f"{variant} · {target}: N*(ε, L), the smallest N with err_ucb ≤ ε",
+                      caption="n.r.: not reached under this budget (censored)",
+                      box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
+        for col in ("L", "ε", "N*", "95% interval", "trial", "err_ucb", "config / censored"):
+            table.add_column(col, justify="left" if col == "config / censored" else "right")
+        for r in group:
+            if r["reached"]:
+                c = r["config"]
+                extra = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
+                if r["family"] == "flowar":
+                    extra += f" steps={c.get('flow_steps')} {c.get('flow_source') or 'interp'}"
+                table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", f"{r['n_star']:,}",
+                              interval_text(r["n_star_ci"], "n.r."), str(r["trial"]),
+                              _fmt(r["err_ucb"]), extra)
+            else:
+                table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", "n.r.",
+                              interval_text(r["n_star_ci"], "n.r."), "-", "-",
+                              f"best {_fmt(r['best_err'])}, N ≤ {r['max_n_tried'] or 0:,}")
+        console.print(table)
 
 
 @command

@@ -13,12 +13,12 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def interval_text(ci: list) -> str:
-    """[lo, hi] of N*, with "not reached" for a bound the resamples did not reach."""
+def interval_text(ci: list, censored: str = "not reached") -> str:
+    """[lo, hi] of N*, with ``censored`` for a bound the resamples did not reach."""
     lo, hi = ci
     if lo is None:
         return "-"
-    return f"[{lo:,.0f}, {hi:,.0f}]" if hi is not None else f"[{lo:,.0f}, not reached]"
+    return f"[{lo:,.0f}, {hi:,.0f}]" if hi is not None else f"[{lo:,.0f}, {censored}]"
 
 
 def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT) -> list[dict]:
