@@ -107,7 +107,7 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(mticker.NullFormatter())
 
 
-def _loglog(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 9,
+def loglog_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 9,
             outside: bool = False) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -177,7 +177,7 @@ def plot_err_vs_n(cells, trials, eps) -> str:
         for interp in interps if len(interps) > 1 else []:
             ax.scatter([], [], color="0.4", marker=marker[interp], label=interp)
         _eps_lines(ax, eps)
-        _loglog(ax, "N (trainable parameters)", "err_ucb", f"{variant} on {target}: error vs size")
+        loglog_axes(ax, "N (trainable parameters)", "err_ucb", f"{variant} on {target}: error vs size")
     return _png(fig)
 
 
@@ -214,7 +214,7 @@ def plot_nstar_vs_eps(fits: list[ScalingFit], rows: list[dict] | None = None) ->
         if any(not r["reached"] for r in mine):
             ax.plot([], [], "^", color="0.3", mfc="none", ms=9, mew=1.4,
                     label="not reached: N* above the\nlargest N tried (censored)")
-        _loglog(ax, "ε (target accuracy)", "N* (smallest N reaching ε)", f.group, outside=True)
+        loglog_axes(ax, "ε (target accuracy)", "N* (smallest N reaching ε)", f.group, outside=True)
         grid = sorted({r["eps"] for r in mine} | {e for _, e, _ in f.points})
         if grid:  # the ε grid itself as the labelled ticks
             ax.xaxis.set_major_locator(mticker.FixedLocator(grid))
@@ -235,7 +235,7 @@ def plot_family_compare(rows: list[dict]) -> str | None:
             if pts:
                 pts.sort()
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", label=var)
-        _loglog(ax, "ε", "N*", f"{tgt} L={L:g}")
+        loglog_axes(ax, "ε", "N*", f"{tgt} L={L:g}")
     return _png(fig)
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from varbench.orchestrator.report import _loglog, plot_err_vs_n, plot_nstar_vs_eps
+from varbench.orchestrator.report import loglog_axes, plot_err_vs_n, plot_nstar_vs_eps
 from varbench.sweeps.scaling import ScalingFit
 
 
@@ -21,7 +21,7 @@ def _width(b64: str) -> int:
 def test_log_axes_label_major_ticks_only_even_within_a_decade():
     fig, ax = plt.subplots()
     ax.plot([300, 450, 700], [0.06, 0.08, 0.11], "o")  # less than one decade on both axes
-    _loglog(ax, "N", "err", "t")
+    loglog_axes(ax, "N", "err", "t")
     fig.canvas.draw()
     for axis in (ax.xaxis, ax.yaxis):
         assert not [t.get_text() for t in axis.get_minorticklabels() if t.get_text()]
