@@ -47,7 +47,8 @@ def test_bar_is_the_largest_eps_no_smaller_trial_reached():
 
 
 def _quick(**kw) -> TrialConfig:
-    return TrialConfig(width=8, steps=100, eval_every=10, n_eval=128, eps=(0.1, 1e-6), **kw)
+    return TrialConfig(width=8, steps=100, eval_every=10, n_eval=128, eps=(0.1, 1e-6),
+                       **{"prune": True, **kw})
 
 
 def test_trial_given_an_unreachable_bar_stops_early_as_pruned():
