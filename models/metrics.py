@@ -27,14 +27,6 @@ class ErrorEstimate:
     err_hi: float = math.nan
 
 
-def parse_p(p: float | str) -> float:
-    """Accept 1, 2, 'inf' (and floats >= 1)."""
-    value = float(p)
-    if not value >= 1:
-        raise ValueError(f"p must be >= 1 or 'inf', got {p}")
-    return value
-
-
 def per_sample_power(pred: torch.Tensor, target: torch.Tensor, p: float) -> torch.Tensor:
     """mean_entries |f - g|^p per sample (max |f - g| for p = inf)."""
     d = (target - pred).flatten(1).abs().double()

@@ -169,7 +169,7 @@ def trial(
     batch_size: Annotated[int, typer.Option(help="Fresh inputs per step.")] = D.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
     eps: Annotated[str, typer.Option(help="ε grid, comma-separated; stops early at the smallest.")] = ",".join(f"{e:g}" for e in DEFAULT_EPS),
-    p: Annotated[str, typer.Option(help="Error norm p: 1, 2 or inf.")] = f"{D.p:g}",
+    p: Annotated[str, typer.Option(help="Error norm p: a number >= 1 (1, 2, ...) or inf.")] = f"{D.p:g}",
     n_eval: Annotated[int, typer.Option(help="Fresh inputs for the final error estimate.")] = D.n_eval,
     seed: Annotated[int, typer.Option(help="Trial seed (init, data).")] = D.seed,
     replicas: Annotated[int, typer.Option(help="Seeds trained together; reports the best and the spread.")] = D.replicas,
@@ -471,7 +471,7 @@ def dashboard(
     db: DbOpt = None,
     workdir: WorkOpt = None,
 ) -> None:
-    """Serve optuna-dashboard over the sweeps' Optuna studies (needs varbench[dashboard]):
+    """Serve optuna-dashboard over the sweeps' Optuna studies (needs varbench\\[dashboard]):
     Pareto fronts with named objectives (n_params, err_ucb)."""
     import os
 

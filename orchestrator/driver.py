@@ -347,7 +347,8 @@ class Driver:
             self._outgoing, self._pending = self._pending[:free], self._pending[free:]
             groups: dict[tuple, list] = {}
             for cell, trial, cfg in self._outgoing:
-                key = (shape_key(cfg) if batched(cfg, self.device_type)
+                # a trial with seed replicas is its own population (run_trial stacks them)
+                key = (shape_key(cfg) if batched(cfg, self.device_type) and cfg.replicas == 1
                        else ("alone", cell.cell_id, trial.number))
                 groups.setdefault(key, []).append((cell, trial, cfg))
             for key, entries in groups.items():

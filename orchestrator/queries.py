@@ -73,6 +73,6 @@ def sweep_status(store: ResultsView, sweep: str | None) -> list[dict]:
             out.append({
                 "sweep": s.name, "status": s.status, "cell": cell.study_name,
                 "done": len(trials), "planned": planned,
-                "failed": sum(t.status != "completed" for t in trials),
+                "failed": sum(t.status == "failed" for t in trials),  # pruned is not failed
             })
     return out

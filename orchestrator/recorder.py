@@ -317,15 +317,14 @@ class Recorder:
         for cell in self.store.cells(self.sweep_id):
             trials = self.store.trial_points(cell.id)
             iv = frontier_intervals(trials, eps)
-            metrics = {}
+            metrics, step = {}, 0
             for p in frontier(trials, eps):
+                step = p.n_trials  # the step the nstar.eps_<ε> series is at (completed trials)
                 if p.reached:
                     lo, hi = iv[p.eps]
-                    metrics.update({f"nstar.eps_{p.eps:g}": p.n_star,
-                                    f"nstar_lo.eps_{p.eps:g}": lo,
-                                    f"nstar_hi.eps_{p.eps:g}": hi})  # inf (not reached) is left out
+                    metrics.update({f"nstar_lo.eps_{p.eps:g}": lo, f"nstar_hi.eps_{p.eps:g}": hi})
             if metrics:
-                self.tracker.log_parent_metrics(cell.study_name, metrics)
+                self.tracker.log_parent_metrics(cell.study_name, metrics, step=step)
 
     def attach_report(self, files: list[Path]) -> None:
         """The report's files on every study's parent run."""

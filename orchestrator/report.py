@@ -26,7 +26,7 @@ import matplotlib.transforms as mtransforms  # noqa: E402
 from varbench.orchestrator.queries import frontier_rows, interval_text  # noqa: E402
 from varbench.orchestrator.store import ResultsView  # noqa: E402
 from varbench.sweeps.frontier import (  # noqa: E402
-    N_BOOT,  # noqa: E402
+    N_BOOT,
     TrialPoint,
     pareto_front,
 )

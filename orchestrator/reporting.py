@@ -57,6 +57,8 @@ def run_nightly(base: SweepSpec, settings: Settings, address: str | None = None,
     driver = Driver(spec, settings, address, tags={"nightly": base.name, "date": date})
     driver.preflight()
     outcome = on_driver(driver) if on_driver else driver.run()
+    if outcome.interrupted:  # a partial night is neither compared nor recorded
+        raise KeyboardInterrupt
     view = ResultsView(settings.db_url)
     prev = previous_night(view, base.name, name)
     curr_fits = _fits(view, name, n_boot)

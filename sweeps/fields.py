@@ -181,11 +181,16 @@ def build_trial_config(**settings: Any) -> TrialConfig:
     except ValidationError as exc:
         e = exc.errors()[0]
         field = str(e["loc"][0]) if e["loc"] else "settings"
+        if e["type"] == "extra_forbidden":
+            raise UserError(f"--set {field}", "not a trial setting") from None
         raise UserError(option_name(field), e["msg"].removeprefix("Value error, ")) from None
     values = s.model_dump()
     for field, problem in shape_problems(s_first=s.s_first, s_last=s.s_last, scales=s.scales,
                                          width=s.width, heads=s.heads, family=s.model):
         raise UserError(option_name(field), problem)
+    if s.flow_evals and s.model != "flowar":
+        raise UserError("--set flow_evals", "inference settings exist only for FlowAR "
+                        f"(this trial's model is {s.model})")
     if s.backend == "flex" and resolve_device(s.device).type == "cpu":
         raise UserError("--backend", "flex has no backward pass on CPU in this PyTorch; "
                         "use auto, sdpa or reference (or --device cuda)")

@@ -41,9 +41,12 @@ class FrontierPoint:
 
 def frontier(trials: Iterable[TrialPoint], eps_grid: Iterable[float]) -> list[FrontierPoint]:
     """One point per ε, largest ε first; ties in N go to the lower error, then the earlier trial."""
+    trials = list(trials)
     done = [t for t in trials if t.status == "completed" and t.err_ucb is not None]
     best_err = min((t.err_ucb for t in done), default=None)
-    max_n = max((t.n_params for t in done), default=None)
+    # a pruned trial's size was tried (it reached no ε): it bounds a censored point too
+    tried = done + [t for t in trials if t.status == "pruned"]
+    max_n = max((t.n_params for t in tried), default=None)
     points = []
     for eps in sorted(set(eps_grid), reverse=True):
         reach = [t for t in done if t.err_ucb <= eps]

@@ -38,3 +38,11 @@ def test_no_checkpoint_when_the_trial_stopped_for_good():
                                   steps=600, eval_every=100, n_eval=256, eps=(0.5,)),
                       pause_at=500)
     assert early.steps_run < 500 and early.checkpoint is None  # reached its smallest ε
+
+
+def test_a_resumed_trial_keeps_where_the_stopping_rule_fired():
+    cfg = TrialConfig(width=8, steps=100, eval_every=10, n_eval=64, eps=(0.1, 1e-6), bar=1e-6,
+                      prune=False, seed=1)  # observed only: it fires at 30 and trains on
+    full = train_one(cfg)
+    resumed = train_one(cfg, resume=train_one(cfg, pause_at=50).checkpoint)
+    assert full.pruned_at == resumed.pruned_at == 30

@@ -134,3 +134,10 @@ def test_an_open_form_searches_heads_depth_and_layernorm():
     cfg = trial_config(spec, variant, "mlp", 1.0, {"width": 10, "scales": 2, "interp": "area",
                                                    "heads": 4, "depth": 2, "layernorm": True}, 7)
     assert (cfg.heads, cfg.depth, cfg.layernorm, cfg.width, cfg.ffn_ratio) == (4, 2, True, 8, 4)
+
+
+def test_inference_settings_are_refused_for_a_model_without_them():
+    with pytest.raises(UserError, match="only for FlowAR"):
+        build_trial_config(model="var", flow_evals=["4:euler"])
+    with pytest.raises(UserError, match="not a trial setting"):
+        build_trial_config(nosuch=1)

@@ -106,3 +106,16 @@ def test_trials_of_one_small_shape_are_packed_into_one_worker_call(tmp_path, ray
     rows = [t for c in store.cells(store.sweep("packed").id) for t in store.trials(c.id)]
     assert any(t.result.get("population", 1) > 1 for t in rows)
     assert len({t.config["seed"] for t in rows}) == 8  # packed, still distinct trials
+
+
+def test_trials_with_seed_replicas_keep_them_when_shapes_repeat(tmp_path, ray_local):
+    """Same-shape trials with replicas are not packed together: each trains its own
+    seeds (stacked inside its task) and reports every replica."""
+    spec = load_spec(tiny_spec(tmp_path, name="reps", trials=2, budget={
+        "steps": 20, "warmup": 5, "eval_every": 10, "n_eval": 64, "replicas": 2}, search={
+        "width": {"low": 8, "high": 8}, "scales": {"low": 2, "high": 2}, "interp": ["bicubic"]}))
+    settings = resolve_settings(workdir=str(tmp_path / "work"))
+    assert run_sweep(spec, settings).trials_recorded == 4
+    store = ResultsStore(settings.db_url)
+    rows = [t for c in store.cells(store.sweep("reps").id) for t in store.trials(c.id)]
+    assert all(len(t.result["replica_err_ucb"]) == 2 for t in rows)

@@ -9,8 +9,6 @@ from it. The architecture defaults are the theorem's model, as
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field, fields
 
 from varbench.models.flowar import FLOW_HEAD, FLOW_SIGMA, FLOW_SOLVER, FLOW_SOURCE, FLOW_STEPS
@@ -110,11 +108,6 @@ class TrialConfig:
             d["flow_evals"] = tuple(d["flow_evals"])
         return cls(**d)
 
-    def key(self) -> str:
-        """Stable hash of the config: same config, same key (for dedup and resume)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
 
 CURVE_POINTS = 100  # about this many loss points per curve, whatever the step budget
 
@@ -203,6 +196,3 @@ class TrialResult:
         errs = [e for e in self.replica_err_ucb if e is not None]
         return max(errs) - min(errs) if len(errs) > 1 else None
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TrialResult:
-        return cls(**d)

@@ -190,7 +190,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     result.final_loss = loss_val if math.isfinite(loss_val) else None
     model.eval()
     finish(result, model, target, cfg, device)
-    if result.status == "completed" and cfg.flow_evals:
+    if result.status == "completed" and cfg.flow_evals and cfg.model == "flowar":
         result.flow_evals = evaluate_flow_settings(model, target, cfg, device)
     result.seconds = time.perf_counter() - t0
     return result
@@ -204,7 +204,8 @@ def _snapshot(step: int, loss: float, model, opt, sched, gen: torch.Generator,
                 "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "gen": gen.get_state(), "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "monitor": list(rule.history)}, buf)
+                "monitor": list(rule.history), "fired_at": rule.fired_at,
+                "reason": rule.reason}, buf)
     return buf.getvalue()
 
 
@@ -219,6 +220,7 @@ def _restore(blob: bytes, model, opt, sched, gen: torch.Generator,
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     rule.history = list(state["monitor"])
+    rule.fired_at, rule.reason = state["fired_at"], state["reason"]
     return int(state["step"]), float(state["loss"])
 
 
