@@ -10,8 +10,10 @@ sampling. Once an ε's interval is tight, the categorical settings (K,
 interpolation, ...) not yet tried at its largest failing width are tried
 there, one combination a trial: at the boundary they move N* too. When every
 ε is tight and enumerated, or censored, it samples at random, never repeating
-a configuration already run. Pruned trials count as tried sizes that reached
-no ε.
+a configuration already run; once every ε is reached, those random widths stay
+at or below the width of the largest N* (``_useful_high``): a larger model
+cannot lower any N*, so a trial there is spent on nothing the frontier shows.
+Pruned trials count as tried sizes that reached no ε.
 """
 
 from __future__ import annotations
@@ -81,7 +83,11 @@ class FrontierSampler(BaseSampler):
         if probe is None:
             probe = self._boundary(done, pending, search_space)
         if probe is None:
-            return self._novel(trials, search_space, study, trial)
+            space = dict(search_space)
+            high = self._useful_high(done, dist)
+            if high is not None:
+                space[self._size] = IntDistribution(dist.low, high, log=dist.log)
+            return self._novel(trials, space, study, trial)
         width, template = probe
         if isinstance(template, dict):  # a categorical combination to try at the boundary
             return {self._size: width, **template}
@@ -122,6 +128,18 @@ class FrontierSampler(BaseSampler):
             if cand not in busy:
                 return cand, top
         return None
+
+    def _useful_high(self, done, dist: IntDistribution) -> int | None:
+        """The widest width that can still move the frontier, when every ε is reached:
+        that of the trial holding the largest N* (equal width, other K or
+        interpolation, may still come out smaller). None while some ε is open."""
+        holders = []
+        for eps in self._eps:
+            reach = [t for t in done if t.values[1] <= eps]
+            if not reach:
+                return None
+            holders.append(min(reach, key=lambda t: (t.values[0], t.values[1])))
+        return max(dist.low, min(dist.high, max(t.params[self._size] for t in holders)))
 
     def _categoricals(self, space: dict[str, BaseDistribution]) -> list[str]:
         return sorted(n for n, d in space.items() if n != self._size

@@ -145,3 +145,27 @@ def test_frontier_sampler_enumerates_combinations_at_the_boundary_and_counts_pru
     lo = max(t.params["width"] for t in done if t.params["width"] < w_star)
     combos = {(t.params["scales"], t.params["interp"]) for t in done if t.params["width"] == lo}
     assert combos == {(2, "bicubic"), (2, "bilinear"), (3, "bicubic"), (3, "bilinear")}
+
+
+def test_frontier_sampler_spends_no_trial_above_the_largest_n_star_once_all_eps_are_reached():
+    import optuna
+
+    space = _space()
+    eps = [0.1, 0.05]  # both reached well inside the range (width 40)
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=FrontierSampler(eps, seed=1))
+    for _ in range(40):
+        t = study.ask(space)
+        study.tell(t, _synthetic(t))
+    done = study.trials
+    checked = 0
+    for i, t in enumerate(done):  # against the frontier as it stood when t was asked
+        front = frontier([TrialPoint(u.number, int(u.values[0]), u.values[1], "completed")
+                          for u in done[:i]], eps)
+        if not all(p.reached for p in front):
+            continue
+        widest = max(done[p.trial_number].params["width"] for p in front)
+        assert t.params["width"] <= widest, (i, t.params, widest)
+        checked += 1
+    assert checked >= 10  # most of the 40 trials were asked with every ε reached
+    assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)
