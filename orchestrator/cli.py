@@ -4,7 +4,12 @@ Each command body calls the library, so every command is also a Python call
 that tests can make. One error boundary (``command``) maps what a command
 raises to exit codes: a user's mistake (``UserError``) is one line and 2, a
 run that failed is 1, an interrupt 130. Choices are enums built from the
-registries, so the parser lists what exists and refuses a typo.
+registries' names, so the parser lists what exists and refuses a typo.
+
+Fixed cost: this module imports no torch, Ray, MLflow, Optuna or SQLAlchemy.
+Names and defaults come from torch-free modules (``models.config``,
+``workers.config``) and each command imports what it runs, so ``--help``
+and a usage error answer at once (tests/test_lazy_cli.py).
 """
 
 from __future__ import annotations
@@ -19,15 +24,21 @@ from typing import Annotated, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer._click import exceptions as usage  # Typer vendors click; no public alias
+
+# Typer 0.29 raises its vendored click's exceptions and exports no public alias of
+# UsageError / NoArgsIsHelpError; the `click` distribution in the venv is not what it uses
+from typer._click import exceptions as usage
 from typer.core import TyperGroup
 
-from varbench.models.attention import BACKENDS
-from varbench.models.families import FAMILIES
-from varbench.models.flowar import SOLVERS
-from varbench.models.inputs import INPUTS
-from varbench.models.interp import INTERPOLATIONS
-from varbench.models.targets import TARGETS
+# torch-free names and defaults: the registries hold these names (tests/test_lazy_cli.py)
+from varbench.models.config import (
+    BACKENDS,
+    FAMILY_NAMES,
+    INPUTS,
+    INTERPOLATION_NAMES,
+    SOLVERS,
+    TARGET_NAMES,
+)
 from varbench.orchestrator.errors import RunFailed, UserError
 from varbench.workers.config import DEFAULT_EPS, TrialConfig
 
@@ -64,6 +75,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: fits 80 columns without splitting choice lists, and skips
+    # rich's help renderer (and the markdown parser it loads), a third of --help's time
+    rich_markup_mode=None,
 )
 console = Console(soft_wrap=True)  # long paths and names stay on one line
 D = TrialConfig()  # every trial option's default comes from here
@@ -107,7 +121,8 @@ def command(fn: F) -> F:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
-    app.command()(guarded)
+    summary = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+    app.command(short_help=summary)(guarded)  # the command list shows it whole, wrapped
     return guarded  # type: ignore[return-value]
 
 
@@ -116,9 +131,9 @@ def choice(name: str, names: Collection[str]) -> type[enum.Enum]:
     return enum.Enum(name, {n: n for n in sorted(names)}, type=str)  # type: ignore[return-value]
 
 
-Family = choice("Family", FAMILIES)
-Target = choice("Target", TARGETS)
-Interp = choice("Interp", INTERPOLATIONS)
+Family = choice("Family", FAMILY_NAMES)
+Target = choice("Target", TARGET_NAMES)
+Interp = choice("Interp", INTERPOLATION_NAMES)
 Inputs = choice("Inputs", INPUTS)
 Solver = choice("Solver", SOLVERS)
 Backend = choice("Backend", BACKENDS)
@@ -168,14 +183,14 @@ def trial(
     steps: Annotated[int, typer.Option(help="Training step budget.")] = D.steps,
     batch_size: Annotated[int, typer.Option(help="Fresh inputs per step.")] = D.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
-    eps: Annotated[str, typer.Option(help="ε grid, comma-separated; stops early at the smallest.")] = ",".join(f"{e:g}" for e in DEFAULT_EPS),
-    p: Annotated[str, typer.Option(help="Error norm p: a number >= 1 (1, 2, ...) or inf.")] = f"{D.p:g}",
+    eps: Annotated[str, typer.Option(metavar="ε,ε,...", help="ε grid, comma-separated; stops early at the smallest.")] = ",".join(f"{e:g}" for e in DEFAULT_EPS),
+    p: Annotated[str, typer.Option(metavar="P", help="Error norm p: a number >= 1 (1, 2, ...) or inf.")] = f"{D.p:g}",
     n_eval: Annotated[int, typer.Option(help="Fresh inputs for the final error estimate.")] = D.n_eval,
     seed: Annotated[int, typer.Option(help="Trial seed (init, data).")] = D.seed,
     replicas: Annotated[int, typer.Option(help="Seeds trained together; reports the best and the spread.")] = D.replicas,
     backend: Annotated[Backend, typer.Option(help="Attention backend.")] = D.backend,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = D.device,
-    sets: Annotated[list[str] | None, typer.Option("--set", help="Any other trial setting, KEY=VALUE (e.g. --set batch_size=128); repeatable.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Any other trial setting, KEY=VALUE (e.g. --set batch_size=128); repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run one trial (for debugging and sanity checks) and print its result."""
@@ -237,7 +252,7 @@ AddrOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster addr
 
 @command
 def run(
-    spec: Annotated[str, typer.Argument(help="Sweep spec (YAML).")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Sweep spec (YAML).")],
     address: AddrOpt = None,
     db: DbOpt = None,
     tracking: TrackOpt = None,
@@ -356,7 +371,7 @@ def _print_frontier(rows: list[dict]) -> None:
 
 @command
 def frontier(
-    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    sweep: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep name.")],
     db: DbOpt = None,
     workdir: WorkOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -373,7 +388,7 @@ def frontier(
 
 @command
 def submit(
-    spec: Annotated[str, typer.Argument(help="Sweep spec (YAML), inside the working directory.")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Sweep spec (YAML), inside the working directory.")],
     address: Annotated[str, typer.Option("--address", help="Ray dashboard / Jobs API address, e.g. http://127.0.0.1:8265.")],
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job's logs until it ends.")] = False,
     working_dir: Annotated[str, typer.Option(help="Directory shipped to the cluster.")] = ".",
@@ -406,7 +421,7 @@ def submit(
 
 @command
 def status(
-    target: Annotated[str | None, typer.Argument(help="A sweep name, or a job id with --address.")] = None,
+    target: Annotated[str | None, typer.Argument(metavar="SWEEP|JOB_ID", help="A sweep name, or a job id with --address.")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray Jobs API address (for job ids).")] = None,
     db: DbOpt = None,
     workdir: WorkOpt = None,
@@ -471,7 +486,7 @@ def dashboard(
     db: DbOpt = None,
     workdir: WorkOpt = None,
 ) -> None:
-    """Serve optuna-dashboard over the sweeps' Optuna studies (needs varbench\\[dashboard]):
+    """Serve optuna-dashboard over the sweeps' Optuna studies (needs varbench[dashboard]):
     Pareto fronts with named objectives (n_params, err_ucb)."""
     import os
 
@@ -510,7 +525,7 @@ def doctor(
 
 @command
 def report(
-    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    sweep: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep name.")],
     db: DbOpt = None,
     tracking: TrackOpt = None,
     workdir: WorkOpt = None,
