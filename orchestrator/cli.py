@@ -22,8 +22,6 @@ from collections.abc import Callable, Collection
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 # Typer 0.29 raises its vendored click's exceptions and exports no public alias of
 # UsageError / NoArgsIsHelpError; the `click` distribution in the venv is not what it uses
@@ -79,9 +77,16 @@ app = typer.Typer(
     # rich's help renderer (and the markdown parser it loads), a third of --help's time
     rich_markup_mode=None,
 )
-console = Console(soft_wrap=True)  # long paths and names stay on one line
 D = TrialConfig()  # every trial option's default comes from here
 F = TypeVar("F", bound=Callable)
+
+
+@functools.cache
+def _console():
+    """rich's console, made on first output, so --help and usage errors never load rich."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)  # long paths and names stay on one line
 
 
 @app.callback()
@@ -216,6 +221,8 @@ def _fmt(x: float | None) -> str:
 
 
 def _print_trial(r) -> None:
+    from rich.table import Table
+
     cfg = r.config
     table = Table(title=f"trial: {cfg['model']} on {cfg['target']} (L={cfg['lipschitz']:g})")
     table.add_column("field")
@@ -235,13 +242,13 @@ def _print_trial(r) -> None:
     ]
     for k, v in rows:
         table.add_row(k, v)
-    console.print(table)
+    _console().print(table)
     if r.reached:
         hits = [e for e, ok in r.reached.items() if ok]
         best = min(hits, key=float) if hits else None
         msg = f"reached ε = {best} (err_ucb {r.err_ucb:.3g} ≤ {best})" if best else (
             f"reached no ε of the grid (smallest {min(r.reached, key=float)})")
-        console.print(msg)
+        _console().print(msg)
 
 
 DbOpt = Annotated[str | None, typer.Option("--db", help="Results store URL (default: SQLite in the work dir; env VARBENCH_DB_URL).")]
@@ -279,7 +286,7 @@ def run(
         done = f"{outcome.trials_recorded} trials recorded" if outcome else "stopped during set-up"
         typer.echo(f"interrupted: {done}; resume with: {again}", err=True)
         raise typer.Exit(130)
-    console.print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
+    _console().print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
                   f"{outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
     _print_frontier(_frontier(settings.db_url, sweep.name))
 
@@ -318,7 +325,7 @@ def _run_with_progress(driver, show: bool):
         return driver.run()
     with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                  TextColumn("{task.fields[front]}"), console=console, transient=False) as bar:
+                  TextColumn("{task.fields[front]}"), console=_console(), transient=False) as bar:
         task = bar.add_task("sweep", total=None, front="")
 
         def update(p):
@@ -341,6 +348,7 @@ def _print_frontier(rows: list[dict]) -> None:
     """One compact table per (model, target), readable at 80 columns; the JSON
     (`frontier --json`) and the report carry every field, effective N included."""
     from rich import box
+    from rich.table import Table
 
     from varbench.orchestrator.queries import interval_text
 
@@ -366,7 +374,7 @@ def _print_frontier(rows: list[dict]) -> None:
                 table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", "n.r.",
                               interval_text(r["n_star_ci"], "n.r."), "-", "-",
                               f"best {_fmt(r['best_err'])}, N ≤ {r['max_n_tried'] or 0:,}")
-        console.print(table)
+        _console().print(table)
 
 
 @command
@@ -410,11 +418,11 @@ def submit(
         env["VARBENCH_TRACKING_URI"] = tracking
     sub = jobs.submit(sweep, Path(spec), address, Path(working_dir), env)
     verb = "attached to existing job" if sub.attached else "submitted"
-    console.print(f"{verb} {sub.submission_id} ({sub.status})"
+    _console().print(f"{verb} {sub.submission_id} ({sub.status})"
                   + (f"; results in {mask_url(db)}" if db else ""), highlight=False)
     if wait:
         final = jobs.follow(address, sub.submission_id, typer.echo)
-        console.print(f"job {sub.submission_id}: {final}", highlight=False)
+        _console().print(f"job {sub.submission_id}: {final}", highlight=False)
         if final != "SUCCEEDED":
             raise typer.Exit(1)
 
@@ -427,6 +435,8 @@ def status(
     workdir: WorkOpt = None,
 ) -> None:
     """Show sweeps in the store (trials done per cell), or a Ray job's status."""
+    from rich.table import Table
+
     from varbench.orchestrator.queries import sweep_status
     from varbench.orchestrator.settings import resolve_settings
     from varbench.orchestrator.store import ResultsView
@@ -437,7 +447,7 @@ def status(
         st = jobs.job_status(jobs.client(address), target)
         if st is None:
             raise UserError("JOB", f"no job {target!r} at {address}")
-        console.print(f"{target}: {st}", highlight=False)
+        _console().print(f"{target}: {st}", highlight=False)
         return
     view = ResultsView(resolve_settings(workdir, db).db_url)
     view.check()
@@ -447,7 +457,7 @@ def status(
         table.add_column(col)
     for r in rows:
         table.add_row(r["sweep"], r["status"], r["cell"], f"{r['done']}/{r['planned']}", str(r["failed"]))
-    console.print(table)
+    _console().print(table)
 
 
 @command
@@ -470,11 +480,11 @@ def ui(
 
     settings = resolve_settings(workdir, db, tracking)
     argv, env = ui_command(settings, host=host, port=port, workers=workers, jobs=jobs)
-    console.print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}",
+    _console().print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}",
                   highlight=False)
     latest = latest_sweep_url(settings, f"http://{host}:{port}")
     if latest:
-        console.print(f"latest sweep: {latest}", highlight=False)
+        _console().print(f"latest sweep: {latest}", highlight=False)
     os.environ.update(env)
     os.execv(argv[0], argv)
 
@@ -496,7 +506,7 @@ def dashboard(
 
     settings = resolve_settings(workdir, db)
     argv = dashboard_command(settings.db_url, host=host, port=port)
-    console.print(f"optuna-dashboard on http://{host}:{port} over {mask_url(settings.db_url)}",
+    _console().print(f"optuna-dashboard on http://{host}:{port} over {mask_url(settings.db_url)}",
                   highlight=False)
     os.execv(argv[0], argv)
 
@@ -509,6 +519,8 @@ def doctor(
     workdir: WorkOpt = None,
 ) -> None:
     """Versions, GPU, and whether the stores and the cluster are reachable (reads only)."""
+    from rich.table import Table
+
     from varbench.orchestrator.doctor import run_checks
     from varbench.orchestrator.settings import resolve_settings
 
@@ -518,7 +530,7 @@ def doctor(
     table.add_column("result")
     for c in checks:
         table.add_row(c.name, c.result)
-    console.print(table)
+    _console().print(table)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
 
@@ -543,11 +555,11 @@ def report(
     rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot, log=log)
     for f in rep.fits:
         if f.ok:
-            console.print(f"{f.group}: β = {_fmt_ci(f.beta, f.beta_ci)}, γ = {_fmt_ci(f.gamma, f.gamma_ci)}"
+            _console().print(f"{f.group}: β = {_fmt_ci(f.beta, f.beta_ci)}, γ = {_fmt_ci(f.gamma, f.gamma_ci)}"
                           f" from {f.n_points} points" + (f" ({f.note})" if f.note else ""), highlight=False)
         else:
-            console.print(f"{f.group}: no fit ({f.note})", highlight=False)
-    console.print(f"report: {rep.html_path}\nsummary: {rep.md_path}", highlight=False)
+            _console().print(f"{f.group}: no fit ({f.note})", highlight=False)
+    _console().print(f"report: {rep.html_path}\nsummary: {rep.md_path}", highlight=False)
 
 
 def _fmt_ci(v, ci) -> str:
@@ -578,17 +590,17 @@ def nightly(
                          on_driver=lambda d: _run_with_progress(d, True))
     comp = result.comparison
     if comp.previous is None:
-        console.print(f"{result.sweep}: first night, nothing to compare", highlight=False)
+        _console().print(f"{result.sweep}: first night, nothing to compare", highlight=False)
     else:
         n_reg = sum(p.regression for p in comp.points) + len(comp.exponent_regressions)
-        console.print(f"{result.sweep} vs {comp.previous}: {n_reg} regression(s) outside the noise",
+        _console().print(f"{result.sweep} vs {comp.previous}: {n_reg} regression(s) outside the noise",
                       highlight=False)
         for p in comp.points:
             if p.regression:
-                console.print(f"  REGRESSION {p.cell} ε={p.eps:g}: N* {p.prev} -> {p.curr}", highlight=False)
+                _console().print(f"  REGRESSION {p.cell} ε={p.eps:g}: N* {p.prev} -> {p.curr}", highlight=False)
         for line in comp.exponent_regressions:
-            console.print(f"  REGRESSION {line}", highlight=False)
-    console.print(f"report: {result.report.html_path}", highlight=False)
+            _console().print(f"  REGRESSION {line}", highlight=False)
+    _console().print(f"report: {result.report.html_path}", highlight=False)
     if comp.regression and fail_on_regression:
         raise typer.Exit(1)
 
