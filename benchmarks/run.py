@@ -6,14 +6,21 @@
    matmul rate, measured in the same run;
 3. attention backends on CPU (forward + backward; flex forward only, PyTorch
    has no flex backward on CPU);
-4. sweeps/quick.yaml wall time vs the sum of its trials' compute time / cores.
+4. sweeps/quick.yaml wall time vs the sum of its trials' compute time / cores,
+   and the fixed costs around it: Ray start (``ray.init`` of the embedded local
+   cluster, timed on its own), the driver's set-up, and its per-trial overhead,
+   two ways: loop time outside ``ray.wait`` per trial (the driver's own work:
+   asking Optuna, sending, recording, MLflow, frontier), and (loop wall -
+   compute / slots) per trial (idle slots, whatever the cause). The figures are
+   also printed as one JSON line (``fixed_cost``).
 
-    .venv/bin/python -m benchmarks.run [--skip-sweep]
+    .venv/bin/python -m benchmarks.run [--skip-sweep] [--sweep-only] [--spec SPEC]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -109,28 +116,57 @@ def attention_backends() -> list[str]:
     return rows
 
 
-def sweep_efficiency() -> list[str]:
+def sweep_efficiency(spec_path: Path = ROOT / "sweeps" / "quick.yaml") -> list[str]:
+    from varbench.orchestrator import cluster
     from varbench.orchestrator.driver import run_sweep
     from varbench.orchestrator.settings import resolve_settings
     from varbench.sweeps.spec import load_spec
 
-    spec = load_spec(ROOT / "sweeps" / "quick.yaml")
+    spec = load_spec(spec_path)
     with tempfile.TemporaryDirectory() as work:
         t0 = time.perf_counter()
+        cluster.connect()  # what the driver's preflight does first; timed on its own here
+        ray_start = time.perf_counter() - t0
+        slots = cluster.capacity(spec.resources.cpus, spec.resources.gpus)
         out = run_sweep(spec, resolve_settings(workdir=work))
         total = time.perf_counter() - t0
     ideal = out.compute_seconds / THREADS
-    return [f"quick.yaml: {out.trials_recorded} trials, total {total:.1f} s (Ray start included), "
+    loop = out.seconds - out.setup_seconds
+    n = max(out.trials_run, 1)
+    fixed = {
+        "spec": spec_path.name, "trials": out.trials_run, "slots": slots,
+        "ray_start_s": round(ray_start, 3),
+        "driver_setup_s": round(out.setup_seconds, 3),
+        "loop_s": round(loop, 3),
+        "loop_in_ray_wait_s": round(out.wait_seconds, 3),
+        "driver_work_per_trial_ms": round(1000 * (loop - out.wait_seconds) / n, 1),
+        "idle_per_trial_ms": round(1000 * (loop - out.compute_seconds / slots) / n, 1),
+        "trial_compute_s": round(out.compute_seconds, 3),
+        "total_s": round(total, 3),
+    }
+    return [f"{spec_path.name}: {out.trials_recorded} trials, total {total:.1f} s (Ray start included), "
             f"sweep {out.seconds:.1f} s, trial compute {out.compute_seconds:.1f} s over {THREADS} cores "
-            f"-> efficiency {ideal / out.seconds:.2f} (sweep) / {ideal / total:.2f} (total)"]
+            f"-> efficiency {ideal / out.seconds:.2f} (sweep) / {ideal / total:.2f} (total)",
+            f"fixed costs: Ray start {ray_start:.2f} s, driver set-up {out.setup_seconds:.2f} s "
+            f"(lease, studies, reference errors), loop {loop:.1f} s of which {out.wait_seconds:.1f} s "
+            f"in ray.wait; per trial: driver work {fixed['driver_work_per_trial_ms']:.0f} ms, "
+            f"idle slot time {fixed['idle_per_trial_ms']:.0f} ms ({slots} slots)",
+            "fixed_cost " + json.dumps(fixed)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--sweep-only", action="store_true", help="only part 4 (fixed costs)")
+    ap.add_argument("--spec", type=Path, default=ROOT / "sweeps" / "quick.yaml",
+                    help="the sweep part 4 runs")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     print(f"machine: {machine()}")
+    if args.sweep_only:
+        print("\n4. orchestration efficiency")
+        print("\n".join(sweep_efficiency(args.spec)))
+        return
     print(f"\n1. population vs plain loop (batching threshold: width x batch x tokens <= {BATCH_MAX_ACTIVATIONS})")
     print("\n".join(population_vs_plain()))
     print("\n2. FLOP rate")
@@ -139,7 +175,7 @@ def main() -> None:
     print("\n".join(attention_backends()))
     if not args.skip_sweep:
         print("\n4. orchestration efficiency")
-        print("\n".join(sweep_efficiency()))
+        print("\n".join(sweep_efficiency(args.spec)))
 
 
 if __name__ == "__main__":

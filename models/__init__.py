@@ -1,26 +1,27 @@
 """Pure PyTorch models, targets and metrics for varbench.
 
 Nothing here imports Ray, Optuna, MLflow, SQL or the rest of the project, so
-a worker (or a notebook) can use it alone.
+a worker (or a notebook) can use it alone. The names below load on first use
+(PEP 562), so importing a torch-free module such as ``models.config`` does not
+load PyTorch.
 """
 
-from varbench.models.attention import BACKENDS, attention, block_causal_mask
-from varbench.models.interp import INTERPOLATIONS, Interpolation, interp_matrix
-from varbench.models.schedule import scale_schedule
-from varbench.models.targets import TARGETS, Target, make_target
-from varbench.models.var import VAR, VARConfig
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "INTERPOLATIONS",
-    "TARGETS",
-    "VAR",
-    "Interpolation",
-    "Target",
-    "VARConfig",
-    "attention",
-    "block_causal_mask",
-    "interp_matrix",
-    "make_target",
-    "scale_schedule",
-]
+import importlib
+
+_HOME = {
+    "BACKENDS": "config", "VARConfig": "config",
+    "attention": "attention", "block_causal_mask": "attention",
+    "INTERPOLATIONS": "interp", "Interpolation": "interp", "interp_matrix": "interp",
+    "scale_schedule": "schedule",
+    "TARGETS": "targets", "Target": "targets", "make_target": "targets",
+    "VAR": "var",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

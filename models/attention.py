@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("reference", "sdpa", "flex", "auto")
+from varbench.models.config import BACKENDS  # torch-free, for the CLI
+
 FLEX_MIN_HEAD_DIM = 16  # flex's kernels refuse narrower heads on CUDA: pad to this
 TIE = 1.10  # a backend within 10% of the fastest counts as equally fast
 PREFERENCE = ("sdpa", "reference", "flex")  # among equals: no compilation first

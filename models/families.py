@@ -2,7 +2,9 @@
 
 Each family's module is an ``nn.Module`` with ``forward(x)`` (deterministic
 inference, the map whose error is measured) and ``training_loss(x, y)``.
-Adding a family is one builder and one name.
+Adding a family is one builder and one name (here and in
+``models.config.FAMILY_NAMES``, the torch-free list the CLI offers;
+tests/test_lazy_cli.py checks they agree).
 """
 
 from __future__ import annotations

@@ -38,6 +38,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from varbench.models.attention import attention
+from varbench.models.config import (  # names and inference defaults, torch-free
+    FLOW_HEAD,
+    FLOW_SIGMA,
+    FLOW_SOLVER,
+    FLOW_SOURCE,
+    FLOW_STEPS,
+    HEADS,
+    SOLVERS,
+    SOURCES,
+)
 from varbench.models.var import (
     Backbone,
     Pyramid,
@@ -48,11 +58,6 @@ from varbench.models.var import (
 )
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-SOLVERS = ("euler", "heun")
-SOURCES = ("interp", "noise")
-HEADS = ("mlp", "transformer")
-FLOW_STEPS, FLOW_SOLVER = 4, "euler"  # inference defaults (trials read them from here)
-FLOW_SOURCE, FLOW_SIGMA, FLOW_HEAD = "interp", 1.0, "mlp"
 EVAL_NOISE_SEED = 0  # the noise source's fixed draws at inference
 
 

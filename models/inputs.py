@@ -6,7 +6,7 @@ import math
 
 import torch
 
-INPUTS = ("uniform", "smooth")
+from varbench.models.config import INPUTS  # torch-free, for the CLI
 
 
 def sample_inputs(

@@ -4,7 +4,9 @@ Every interpolation type is a fixed linear map from an s_in x s_in image to
 an s_out x s_out image. We build its matrix once per (type, s_in, s_out) by
 applying ``F.interpolate`` (or ``adaptive_avg_pool2d`` for ``area``) to the
 basis images, then apply it as one matmul on flattened channels. A registry
-maps names to builders: adding a type is one function and one name.
+maps names to builders: adding a type is one function and one name (here and
+in ``models.config.INTERPOLATION_NAMES``, the torch-free list the CLI offers;
+tests/test_lazy_cli.py checks they agree).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_P = 2.0  # the theorem's d_2 distance; 1 and inf are options
+from varbench.models.config import DEFAULT_P  # torch-free, for TrialConfig
 
 Z95 = 1.6448536269514722  # one-sided 95% normal quantile
 Z975 = 1.959963984540054  # two-sided 95%

@@ -2,7 +2,9 @@
 
 Lipschitz constants are for the l2 (Frobenius) norm of the whole input and
 output. Each family documents why its bound is exactly L. A registry maps
-names to classes: adding a family is one class with ``@register("name")``.
+names to classes: adding a family is one class with ``@register("name")``,
+and the name in ``models.config.TARGET_NAMES`` (the torch-free list the CLI
+offers; tests/test_lazy_cli.py fails until the two agree).
 """
 
 from __future__ import annotations

@@ -15,58 +15,14 @@ comparisons.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from varbench.models.attention import attention, block_causal_mask, resolve_backend
+from varbench.models.config import VARConfig
 from varbench.models.interp import interp_matrix
-from varbench.models.schedule import scale_schedule
-
-INITS = ("normal", "var")
-
-
-@dataclass(frozen=True)
-class VARConfig:
-    channels: int = 1
-    s_first: int = 2
-    s_last: int = 8
-    scales: int = 3
-    width: int = 32
-    heads: int = 1
-    depth: int = 1
-    ffn_ratio: int = 4
-    interp: str = "bicubic"
-    layernorm: bool = False
-    pos: str = "sincos"  # "sincos" (parameter-free) or "learned" (counted in N)
-    init: str = "normal"  # "normal": N(0, 0.02); "var": VAR's width-aware init (see init_weights)
-    backend: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        if self.pos not in ("sincos", "learned"):
-            raise ValueError(f"unknown position code {self.pos!r}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; known: {list(INITS)}")
-        scale_schedule(self.s_first, self.s_last, self.scales)  # validates
-
-    @property
-    def sides(self) -> list[int]:
-        return scale_schedule(self.s_first, self.s_last, self.scales)
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.heads
-
-    @property
-    def n_tokens(self) -> int:
-        return sum(s * s for s in self.sides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def position_frequencies(s_last: int, dim: int) -> torch.Tensor:

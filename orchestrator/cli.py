@@ -4,7 +4,12 @@ Each command body calls the library, so every command is also a Python call
 that tests can make. One error boundary (``command``) maps what a command
 raises to exit codes: a user's mistake (``UserError``) is one line and 2, a
 run that failed is 1, an interrupt 130. Choices are enums built from the
-registries, so the parser lists what exists and refuses a typo.
+registries' names, so the parser lists what exists and refuses a typo.
+
+Fixed cost: this module imports no torch, Ray, MLflow, Optuna or SQLAlchemy.
+Names and defaults come from torch-free modules (``models.config``,
+``workers.config``) and each command imports what it runs, so ``--help``
+and a usage error answer at once (tests/test_lazy_cli.py).
 """
 
 from __future__ import annotations
@@ -17,17 +22,21 @@ from collections.abc import Callable, Collection
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from typer._click import exceptions as usage  # Typer vendors click; no public alias
+
+# Typer 0.29 raises its vendored click's exceptions and exports no public alias of
+# UsageError / NoArgsIsHelpError; the `click` distribution in the venv is not what it uses
+from typer._click import exceptions as usage
 from typer.core import TyperGroup
 
-from varbench.models.attention import BACKENDS
-from varbench.models.families import FAMILIES
-from varbench.models.flowar import SOLVERS
-from varbench.models.inputs import INPUTS
-from varbench.models.interp import INTERPOLATIONS
-from varbench.models.targets import TARGETS
+# torch-free names and defaults: the registries hold these names (tests/test_lazy_cli.py)
+from varbench.models.config import (
+    BACKENDS,
+    FAMILY_NAMES,
+    INPUTS,
+    INTERPOLATION_NAMES,
+    SOLVERS,
+    TARGET_NAMES,
+)
 from varbench.orchestrator.errors import RunFailed, UserError
 from varbench.workers.config import DEFAULT_EPS, TrialConfig
 
@@ -64,10 +73,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: fits 80 columns without splitting choice lists, and skips
+    # rich's help renderer (and the markdown parser it loads), a third of --help's time
+    rich_markup_mode=None,
 )
-console = Console(soft_wrap=True)  # long paths and names stay on one line
 D = TrialConfig()  # every trial option's default comes from here
 F = TypeVar("F", bound=Callable)
+
+
+@functools.cache
+def _console():
+    """rich's console, made on first output, so --help and usage errors never load rich."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)  # long paths and names stay on one line
 
 
 @app.callback()
@@ -107,7 +126,8 @@ def command(fn: F) -> F:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
-    app.command()(guarded)
+    summary = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+    app.command(short_help=summary)(guarded)  # the command list shows it whole, wrapped
     return guarded  # type: ignore[return-value]
 
 
@@ -116,9 +136,9 @@ def choice(name: str, names: Collection[str]) -> type[enum.Enum]:
     return enum.Enum(name, {n: n for n in sorted(names)}, type=str)  # type: ignore[return-value]
 
 
-Family = choice("Family", FAMILIES)
-Target = choice("Target", TARGETS)
-Interp = choice("Interp", INTERPOLATIONS)
+Family = choice("Family", FAMILY_NAMES)
+Target = choice("Target", TARGET_NAMES)
+Interp = choice("Interp", INTERPOLATION_NAMES)
 Inputs = choice("Inputs", INPUTS)
 Solver = choice("Solver", SOLVERS)
 Backend = choice("Backend", BACKENDS)
@@ -168,14 +188,14 @@ def trial(
     steps: Annotated[int, typer.Option(help="Training step budget.")] = D.steps,
     batch_size: Annotated[int, typer.Option(help="Fresh inputs per step.")] = D.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
-    eps: Annotated[str, typer.Option(help="ε grid, comma-separated; stops early at the smallest.")] = ",".join(f"{e:g}" for e in DEFAULT_EPS),
-    p: Annotated[str, typer.Option(help="Error norm p: a number >= 1 (1, 2, ...) or inf.")] = f"{D.p:g}",
+    eps: Annotated[str, typer.Option(metavar="ε,ε,...", help="ε grid, comma-separated; stops early at the smallest.")] = ",".join(f"{e:g}" for e in DEFAULT_EPS),
+    p: Annotated[str, typer.Option(metavar="P", help="Error norm p: a number >= 1 (1, 2, ...) or inf.")] = f"{D.p:g}",
     n_eval: Annotated[int, typer.Option(help="Fresh inputs for the final error estimate.")] = D.n_eval,
     seed: Annotated[int, typer.Option(help="Trial seed (init, data).")] = D.seed,
     replicas: Annotated[int, typer.Option(help="Seeds trained together; reports the best and the spread.")] = D.replicas,
     backend: Annotated[Backend, typer.Option(help="Attention backend.")] = D.backend,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = D.device,
-    sets: Annotated[list[str] | None, typer.Option("--set", help="Any other trial setting, KEY=VALUE (e.g. --set batch_size=128); repeatable.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Any other trial setting, KEY=VALUE (e.g. --set batch_size=128); repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run one trial (for debugging and sanity checks) and print its result."""
@@ -201,6 +221,8 @@ def _fmt(x: float | None) -> str:
 
 
 def _print_trial(r) -> None:
+    from rich.table import Table
+
     cfg = r.config
     table = Table(title=f"trial: {cfg['model']} on {cfg['target']} (L={cfg['lipschitz']:g})")
     table.add_column("field")
@@ -220,13 +242,13 @@ def _print_trial(r) -> None:
     ]
     for k, v in rows:
         table.add_row(k, v)
-    console.print(table)
+    _console().print(table)
     if r.reached:
         hits = [e for e, ok in r.reached.items() if ok]
         best = min(hits, key=float) if hits else None
         msg = f"reached ε = {best} (err_ucb {r.err_ucb:.3g} ≤ {best})" if best else (
             f"reached no ε of the grid (smallest {min(r.reached, key=float)})")
-        console.print(msg)
+        _console().print(msg)
 
 
 DbOpt = Annotated[str | None, typer.Option("--db", help="Results store URL (default: SQLite in the work dir; env VARBENCH_DB_URL).")]
@@ -237,7 +259,7 @@ AddrOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster addr
 
 @command
 def run(
-    spec: Annotated[str, typer.Argument(help="Sweep spec (YAML).")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Sweep spec (YAML).")],
     address: AddrOpt = None,
     db: DbOpt = None,
     tracking: TrackOpt = None,
@@ -264,7 +286,7 @@ def run(
         done = f"{outcome.trials_recorded} trials recorded" if outcome else "stopped during set-up"
         typer.echo(f"interrupted: {done}; resume with: {again}", err=True)
         raise typer.Exit(130)
-    console.print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
+    _console().print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
                   f"{outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
     _print_frontier(_frontier(settings.db_url, sweep.name))
 
@@ -303,7 +325,7 @@ def _run_with_progress(driver, show: bool):
         return driver.run()
     with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                  TextColumn("{task.fields[front]}"), console=console, transient=False) as bar:
+                  TextColumn("{task.fields[front]}"), console=_console(), transient=False) as bar:
         task = bar.add_task("sweep", total=None, front="")
 
         def update(p):
@@ -326,6 +348,7 @@ def _print_frontier(rows: list[dict]) -> None:
     """One compact table per (model, target), readable at 80 columns; the JSON
     (`frontier --json`) and the report carry every field, effective N included."""
     from rich import box
+    from rich.table import Table
 
     from varbench.orchestrator.queries import interval_text
 
@@ -351,12 +374,12 @@ def _print_frontier(rows: list[dict]) -> None:
                 table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", "n.r.",
                               interval_text(r["n_star_ci"], "n.r."), "-", "-",
                               f"best {_fmt(r['best_err'])}, N ≤ {r['max_n_tried'] or 0:,}")
-        console.print(table)
+        _console().print(table)
 
 
 @command
 def frontier(
-    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    sweep: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep name.")],
     db: DbOpt = None,
     workdir: WorkOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -373,7 +396,7 @@ def frontier(
 
 @command
 def submit(
-    spec: Annotated[str, typer.Argument(help="Sweep spec (YAML), inside the working directory.")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Sweep spec (YAML), inside the working directory.")],
     address: Annotated[str, typer.Option("--address", help="Ray dashboard / Jobs API address, e.g. http://127.0.0.1:8265.")],
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job's logs until it ends.")] = False,
     working_dir: Annotated[str, typer.Option(help="Directory shipped to the cluster.")] = ".",
@@ -395,23 +418,25 @@ def submit(
         env["VARBENCH_TRACKING_URI"] = tracking
     sub = jobs.submit(sweep, Path(spec), address, Path(working_dir), env)
     verb = "attached to existing job" if sub.attached else "submitted"
-    console.print(f"{verb} {sub.submission_id} ({sub.status})"
+    _console().print(f"{verb} {sub.submission_id} ({sub.status})"
                   + (f"; results in {mask_url(db)}" if db else ""), highlight=False)
     if wait:
         final = jobs.follow(address, sub.submission_id, typer.echo)
-        console.print(f"job {sub.submission_id}: {final}", highlight=False)
+        _console().print(f"job {sub.submission_id}: {final}", highlight=False)
         if final != "SUCCEEDED":
             raise typer.Exit(1)
 
 
 @command
 def status(
-    target: Annotated[str | None, typer.Argument(help="A sweep name, or a job id with --address.")] = None,
+    target: Annotated[str | None, typer.Argument(metavar="SWEEP|JOB_ID", help="A sweep name, or a job id with --address.")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray Jobs API address (for job ids).")] = None,
     db: DbOpt = None,
     workdir: WorkOpt = None,
 ) -> None:
     """Show sweeps in the store (trials done per cell), or a Ray job's status."""
+    from rich.table import Table
+
     from varbench.orchestrator.queries import sweep_status
     from varbench.orchestrator.settings import resolve_settings
     from varbench.orchestrator.store import ResultsView
@@ -422,7 +447,7 @@ def status(
         st = jobs.job_status(jobs.client(address), target)
         if st is None:
             raise UserError("JOB", f"no job {target!r} at {address}")
-        console.print(f"{target}: {st}", highlight=False)
+        _console().print(f"{target}: {st}", highlight=False)
         return
     view = ResultsView(resolve_settings(workdir, db).db_url)
     view.check()
@@ -432,7 +457,7 @@ def status(
         table.add_column(col)
     for r in rows:
         table.add_row(r["sweep"], r["status"], r["cell"], f"{r['done']}/{r['planned']}", str(r["failed"]))
-    console.print(table)
+    _console().print(table)
 
 
 @command
@@ -455,11 +480,11 @@ def ui(
 
     settings = resolve_settings(workdir, db, tracking)
     argv, env = ui_command(settings, host=host, port=port, workers=workers, jobs=jobs)
-    console.print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}",
+    _console().print(f"MLflow UI on http://{host}:{port} over {mask_url(settings.tracking_uri)}",
                   highlight=False)
     latest = latest_sweep_url(settings, f"http://{host}:{port}")
     if latest:
-        console.print(f"latest sweep: {latest}", highlight=False)
+        _console().print(f"latest sweep: {latest}", highlight=False)
     os.environ.update(env)
     os.execv(argv[0], argv)
 
@@ -471,7 +496,7 @@ def dashboard(
     db: DbOpt = None,
     workdir: WorkOpt = None,
 ) -> None:
-    """Serve optuna-dashboard over the sweeps' Optuna studies (needs varbench\\[dashboard]):
+    """Serve optuna-dashboard over the sweeps' Optuna studies (needs varbench[dashboard]):
     Pareto fronts with named objectives (n_params, err_ucb)."""
     import os
 
@@ -481,7 +506,7 @@ def dashboard(
 
     settings = resolve_settings(workdir, db)
     argv = dashboard_command(settings.db_url, host=host, port=port)
-    console.print(f"optuna-dashboard on http://{host}:{port} over {mask_url(settings.db_url)}",
+    _console().print(f"optuna-dashboard on http://{host}:{port} over {mask_url(settings.db_url)}",
                   highlight=False)
     os.execv(argv[0], argv)
 
@@ -494,6 +519,8 @@ def doctor(
     workdir: WorkOpt = None,
 ) -> None:
     """Versions, GPU, and whether the stores and the cluster are reachable (reads only)."""
+    from rich.table import Table
+
     from varbench.orchestrator.doctor import run_checks
     from varbench.orchestrator.settings import resolve_settings
 
@@ -503,14 +530,14 @@ def doctor(
     table.add_column("result")
     for c in checks:
         table.add_row(c.name, c.result)
-    console.print(table)
+    _console().print(table)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
 
 
 @command
 def report(
-    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    sweep: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep name.")],
     db: DbOpt = None,
     tracking: TrackOpt = None,
     workdir: WorkOpt = None,
@@ -528,11 +555,11 @@ def report(
     rep = publish_report(settings, sweep, Path(out) if out else None, n_boot=boot, log=log)
     for f in rep.fits:
         if f.ok:
-            console.print(f"{f.group}: β = {_fmt_ci(f.beta, f.beta_ci)}, γ = {_fmt_ci(f.gamma, f.gamma_ci)}"
+            _console().print(f"{f.group}: β = {_fmt_ci(f.beta, f.beta_ci)}, γ = {_fmt_ci(f.gamma, f.gamma_ci)}"
                           f" from {f.n_points} points" + (f" ({f.note})" if f.note else ""), highlight=False)
         else:
-            console.print(f"{f.group}: no fit ({f.note})", highlight=False)
-    console.print(f"report: {rep.html_path}\nsummary: {rep.md_path}", highlight=False)
+            _console().print(f"{f.group}: no fit ({f.note})", highlight=False)
+    _console().print(f"report: {rep.html_path}\nsummary: {rep.md_path}", highlight=False)
 
 
 def _fmt_ci(v, ci) -> str:
@@ -563,17 +590,17 @@ def nightly(
                          on_driver=lambda d: _run_with_progress(d, True))
     comp = result.comparison
     if comp.previous is None:
-        console.print(f"{result.sweep}: first night, nothing to compare", highlight=False)
+        _console().print(f"{result.sweep}: first night, nothing to compare", highlight=False)
     else:
         n_reg = sum(p.regression for p in comp.points) + len(comp.exponent_regressions)
-        console.print(f"{result.sweep} vs {comp.previous}: {n_reg} regression(s) outside the noise",
+        _console().print(f"{result.sweep} vs {comp.previous}: {n_reg} regression(s) outside the noise",
                       highlight=False)
         for p in comp.points:
             if p.regression:
-                console.print(f"  REGRESSION {p.cell} ε={p.eps:g}: N* {p.prev} -> {p.curr}", highlight=False)
+                _console().print(f"  REGRESSION {p.cell} ε={p.eps:g}: N* {p.prev} -> {p.curr}", highlight=False)
         for line in comp.exponent_regressions:
-            console.print(f"  REGRESSION {line}", highlight=False)
-    console.print(f"report: {result.report.html_path}", highlight=False)
+            _console().print(f"  REGRESSION {line}", highlight=False)
+    _console().print(f"report: {result.report.html_path}", highlight=False)
     if comp.regression and fail_on_regression:
         raise typer.Exit(1)
 

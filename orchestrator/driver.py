@@ -78,6 +78,11 @@ class SweepOutcome:
     compute_seconds: float
     frontier: dict[str, list[FrontierPoint]]
     interrupted: bool = False
+    # where the driver's own time went (benchmarks/run.py): set-up (checks, Ray start
+    # unless already connected, lease, studies, reference errors), then the loop's
+    # time blocked in ray.wait; the rest of the loop is per-trial driver work
+    setup_seconds: float = 0.0
+    wait_seconds: float = 0.0
 
 
 class Driver:
@@ -199,6 +204,7 @@ class Driver:
         """
         t0 = time.perf_counter()
         ran, recorded, compute = 0, 0, 0.0
+        setup, waited = 0.0, 0.0
         interrupted, ended = False, None
         self._arm()
         try:
@@ -207,6 +213,7 @@ class Driver:
             res = self.spec.resources
             slots = cluster.capacity(res.cpus, res.gpus)
             deadline = t0 + self.spec.time_budget_s if self.spec.time_budget_s else math.inf
+            setup = time.perf_counter() - t0
             self._emit()
             while True:
                 self._check_stop()
@@ -217,10 +224,12 @@ class Driver:
                 self._fill(slots, deadline)
                 if not self._inflight:
                     break
+                t_wait = time.perf_counter()
                 ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight),
                                     timeout=0.2)
                 if not ready:
                     ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
+                waited += time.perf_counter() - t_wait
                 done = []
                 for ref in ready:
                     entries = self._inflight[ref]
@@ -257,7 +266,7 @@ class Driver:
                 self.recorder.release_lease()
         return SweepOutcome(
             self.spec.name, ran, recorded, time.perf_counter() - t0, compute,
-            {c.study_name: c.points for c in self.cells}, interrupted,
+            {c.study_name: c.points for c in self.cells}, interrupted, setup, waited,
         )
 
     def _arm(self) -> None:

@@ -26,11 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from varbench.orchestrator.errors import RunFailed
 from varbench.sweeps.redact import has_secret
-from varbench.sweeps.spec import SweepSpec
 from varbench.workers.errors import UserError
+
+if TYPE_CHECKING:  # the CLI imports this module at start-up: no pydantic, no torch
+    from varbench.sweeps.spec import SweepSpec
 
 EXCLUDES = [".venv", ".git", "varbench-work", "mlruns", "mlartifacts", "*.db", "__pycache__",
             ".pytest_cache", ".ruff_cache", ".hypothesis"]

@@ -21,13 +21,13 @@ import torch
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, create_model
 
 from varbench.models.attention import BACKENDS
+from varbench.models.config import INITS, POS_CODES
 from varbench.models.families import FAMILIES
 from varbench.models.flowar import HEADS, SOLVERS, SOURCES
 from varbench.models.inputs import INPUTS
 from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
 from varbench.models.targets import TARGETS
-from varbench.models.var import INITS
 from varbench.workers.config import TrialConfig
 from varbench.workers.errors import UserError
 from varbench.workers.training import resolve_device
@@ -107,7 +107,7 @@ TYPES: dict[str, Any] = {
     "heads": Small,
     "depth": Small,
     "ffn_ratio": Small,
-    "pos": Name(("sincos", "learned"), "position code"),
+    "pos": Name(POS_CODES, "position code"),
     "init": Name(INITS, "initialisation"),
     "flow_steps": FlowSteps,
     "flow_solver": Name(SOLVERS, "flow solver"),

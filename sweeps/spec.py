@@ -14,10 +14,10 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from varbench.models.config import INITS
 from varbench.models.flowar import HEADS, SOURCES
 from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
-from varbench.models.var import INITS
 
 # the same constrained types validate `varbench trial` (sweeps.fields)
 from varbench.sweeps.fields import (

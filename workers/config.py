@@ -4,16 +4,22 @@
 sweep spec (``sweeps.spec``), the search space and the ``varbench trial``
 options read their defaults from it, and the model's own config is derived
 from it. The architecture defaults are the theorem's model, as
-``models.var.VARConfig`` states them; they are read from there, not repeated.
+``models.config.VARConfig`` states them; they are read from there, not repeated.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from varbench.models.flowar import FLOW_HEAD, FLOW_SIGMA, FLOW_SOLVER, FLOW_SOURCE, FLOW_STEPS
-from varbench.models.metrics import DEFAULT_P
-from varbench.models.var import VARConfig
+from varbench.models.config import (  # torch-free: the CLI reads these defaults
+    DEFAULT_P,
+    FLOW_HEAD,
+    FLOW_SIGMA,
+    FLOW_SOLVER,
+    FLOW_SOURCE,
+    FLOW_STEPS,
+    VARConfig,
+)
 
 DEFAULT_EPS = (0.1, 0.03, 0.01, 0.003, 0.001)
 _MODEL = VARConfig()  # the theorem's model: 1 head, 1 layer, FFN ratio 4, no LayerNorm

@@ -1,0 +1,66 @@
+"""The CLI's fixed cost: --help loads no heavy module, and the torch-free names
+the CLI's choices come from cannot drift from the registries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "ray", "mlflow", "optuna", "sqlalchemy")
+
+# build the Typer app, render a help page, report which heavy modules got loaded
+PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from varbench.orchestrator.cli import app
+res = CliRunner().invoke(app, sys.argv[1:])
+loaded = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.stdin.read())))
+print(json.dumps({"code": res.exit_code, "out": res.output, "loaded": loaded}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["trial", "--help"],
+                                  ["frontier", "--help"]])
+def test_help_imports_no_heavy_module(argv):
+    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], input=json.dumps(HEAVY),
+                          capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["code"] == 0 and "Usage: varbench" in got["out"], got["out"]
+    assert got["loaded"] == [], f"--help imported {got['loaded']}"
+
+
+def test_trial_help_fits_80_columns():
+    """Choice lists stay whole (never split mid-word) and no line passes 80 columns."""
+    from typer.testing import CliRunner
+
+    from varbench.models.config import INTERPOLATION_NAMES
+    from varbench.orchestrator.cli import app
+
+    out = CliRunner().invoke(app, ["trial", "--help"], env={"COLUMNS": "80"}).output
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "<" + "|".join(sorted(INTERPOLATION_NAMES)) + ">" in out
+
+
+def test_torch_free_names_equal_the_registries():
+    from varbench.models import (
+        attention,
+        config,
+        families,
+        flowar,
+        inputs,
+        interp,
+        metrics,
+        targets,
+    )
+    from varbench.models import var as var_module
+
+    assert set(config.FAMILY_NAMES) == set(families.FAMILIES)
+    assert set(config.TARGET_NAMES) == set(targets.TARGETS)
+    assert set(config.INTERPOLATION_NAMES) == set(interp.INTERPOLATIONS)
+    # the tuples the modules use are the very objects in models.config (one home)
+    assert attention.BACKENDS is config.BACKENDS and inputs.INPUTS is config.INPUTS
+    assert flowar.SOLVERS is config.SOLVERS and flowar.FLOW_STEPS == config.FLOW_STEPS
+    assert metrics.DEFAULT_P == config.DEFAULT_P and var_module.VARConfig is config.VARConfig
