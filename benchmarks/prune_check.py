@@ -3,7 +3,9 @@ the frontier? Runs a spec with pruning off: every trial still gets its bar and
 records the step where the rule would have fired (``pruned_at``), and trains
 to the end. A wrong prune is a trial the rule would have stopped whose final
 err_ucb came in at or below its bar. The rule stays on where the rate is
-under 5% (issue 16).
+under 5% (issue 16). It also prints the calibration the rule stands on: at
+each fraction of the budget, the largest factor by which a trial's monitor
+error still fell to the end (``workers.stopping.IMPROVEMENT``), over this run.
 
     .venv/bin/python -m benchmarks.prune_check [--spec sweeps/quick.yaml] [--trials N]
 """
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     saved = sum(t.config["steps"] - t.result["pruned_at"] for t in fired)
     total = sum(t.steps_run for t in rows)
     print(json.dumps({
+        "improvement": improvement_table(rows),
         "spec": args.spec, "trials": len(rows), "wall_s": round(wall, 1),
         "would_prune": len(fired), "wrong_prunes": len(wrong),
         "wrong_rate": len(wrong) / len(fired) if fired else None,
@@ -57,6 +60,24 @@ def main(argv: list[str] | None = None) -> None:
         "wrong": [{"trial": t.number, "n_params": t.n_params, "bar": t.config["bar"],
                    "err_ucb": t.err_ucb, "pruned_at": t.result["pruned_at"]} for t in wrong],
     }, indent=2))
+
+
+def improvement_table(rows, fracs=(0.25, 0.375, 0.5, 0.75)) -> dict[str, float | None]:
+    """Largest monitor err at ``frac`` of the budget over the trial's final err_ucb:
+    how much a completed trial still gained from there (to its budget, or to its early
+    stop at the smallest ε)."""
+    out: dict[str, float | None] = {}
+    for frac in fracs:
+        ratios = []
+        for t in rows:
+            if t.err_ucb is None or t.status != "completed" or not t.result.get("curves"):
+                continue
+            at = {int(s): float(e) for s, e in t.result["curves"][0]["monitor_err_ucb"]}
+            err = at.get(int(frac * t.config["steps"]))
+            if err is not None:
+                ratios.append(err / t.err_ucb)
+        out[f"{frac:g}"] = round(max(ratios), 3) if ratios else None
+    return out
 
 
 if __name__ == "__main__":
