@@ -286,6 +286,39 @@ def test_cuda_trial_with_auto_backend(width):
     assert res.device.startswith("cuda")
 
 
+@pytest.mark.cuda
+@CUDA
+def test_cuda_compiled_and_graph_steps_match_eager():
+    """The compiled and CUDA-graph steps end where eager ends on a GPU: one model
+    (torch.optim.AdamW traced by Dynamo) and a population (StackedAdamW's moments
+    marked static for the graphs; every replica active, so the unmasked update)."""
+    from varbench.workers.training import train_one
+
+    base = TrialConfig(width=16, steps=30, eval_every=10, n_eval=512, eps=(1e-9,),
+                       device="cuda")
+    runs = {m: train_one(replace(base, step_mode=m)) for m in ("eager", "compiled", "graphs")}
+    assert [r.step_mode for r in runs.values()] == ["eager", "compiled", "graphs"]
+    for mode in ("compiled", "graphs"):
+        assert runs[mode].err == pytest.approx(runs["eager"].err, rel=1e-3), mode
+    cfgs = [replace(base, seed=s, lr=lr) for s, lr in ((0, 1e-2), (1, 3e-3), (2, 1e-3))]
+    pops = {m: run_population([replace(c, step_mode=m) for c in cfgs])
+            for m in ("eager", "graphs")}
+    assert pops["graphs"][0].step_mode == "graphs" and pops["graphs"][0].population == 3
+    assert [r.err for r in pops["graphs"]] == pytest.approx([r.err for r in pops["eager"]],
+                                                            rel=1e-3)
+
+
+@pytest.mark.cuda
+@CUDA
+def test_cuda_tf32_trial_runs_and_restores_precision():
+    from varbench.workers.training import train_one
+
+    res = train_one(TrialConfig(width=32, steps=20, eval_every=10, n_eval=256,
+                                matmul_precision="high", device="cuda"))
+    assert res.status == "completed" and res.matmul_precision == "high"
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
 @pytest.mark.slow
 def test_gpu_bench_script_runs(capsys):
     """`make bench-gpu`'s script, on CPU with tiny shapes: every section prints its table."""
