@@ -8,6 +8,10 @@ data stream), learning rate, gradient clipping, Adam state, early stop and
 failure, so it ends exactly where training it alone would (up to float
 rounding; see tests/test_population.py).
 
+The step itself (forward, loss, backward, clipping, update) is one function,
+``population_step``, run eager or compiled as the trial's ``step_mode`` says
+(``workers.engine``).
+
 Only small VAR models are batched this way (``batched``); FlowAR (its loss
 draws random flow times inside the model) and larger models run their
 replicas one after another, which is never slower than the plain loop.
@@ -234,18 +238,18 @@ def _train_population(cfgs: list[TrialConfig], device: torch.device) -> list[Tri
                          all(alive)).tolist()  # each replica's MSE
         if step == 1 and mode != "eager":
             compile_seconds = time.perf_counter() - t_step
+        was = list(alive)
         for i in range(r):
             if not alive[i]:
                 continue
             steps_run[i] = step
             last_loss[i] = losses[i]
-            if not math.isfinite(losses[i]):  # population_step left it out of this update
+            if not math.isfinite(losses[i]):
                 status[i], reason[i] = "failed", non_finite(losses[i], step)
                 alive[i] = False
             else:
                 curves[i].add_loss(step, losses[i],
                                    cfgs[i].lr * lr_factor(step - 1, c0.warmup, c0.steps))
-        active.copy_(torch.tensor(alive))
         if not any(alive):
             break
         if step % c0.eval_every == 0:
@@ -261,9 +265,10 @@ def _train_population(cfgs: list[TrialConfig], device: torch.device) -> list[Tri
                 elif rules[i].check(step, monitor[i]) and cfgs[i].prune:
                     status[i], reason[i] = "pruned", rules[i].reason
                     alive[i] = False
-            active.copy_(torch.tensor(alive))
             if not any(alive):
                 break
+        if alive != was:  # the device's copy, only when it changed
+            active.copy_(torch.tensor(alive))
     train_seconds = time.perf_counter() - t_train - compile_seconds
     results = []
     for i, c in enumerate(cfgs):
@@ -289,12 +294,12 @@ def population_step(pop: PopulationVAR, opt: StackedAdamW, x: torch.Tensor, y: t
                     all_active: bool) -> torch.Tensor:
     """One update of every active replica; returns each replica's loss, (R,).
 
-    A replica whose loss is not finite adds nothing to the others' gradients
-    (replicas never mix anyway) and ends as failed; unless every replica was
-    active, the masked update leaves it unchanged, as the eager loop did. The one step of ``_train_stacked``, run eager or through torch.compile
-    (``workers.engine.compiled``): ``all_active`` (the host's view, so the fast
+    The one step of ``_train_stacked``, run eager or through torch.compile
+    (``workers.engine.compiled``): ``all_active`` (the host's view, so the
     unmasked update needs no device sync) and ``factor`` (a tensor) keep the
-    compiled graphs fixed across steps.
+    compiled graphs fixed across steps. A replica whose loss is not finite is
+    masked out of the gradient sum and ends as failed; its own weights, which
+    nobody evaluates, are updated only when every replica was active.
     """
     per_replica = (pop(x) - y).pow(2).flatten(1).mean(1)
     ok = active & torch.isfinite(per_replica)

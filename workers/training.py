@@ -130,9 +130,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     """One update: forward, loss, backward, clipping, optimizer; returns the loss.
 
     The one step function of ``train_one``, run eager or through torch.compile
-    (``workers.engine.compiled``), so both modes run the same step. Model and
-    optimizer are arguments, not closure cells: a new trial of a compiled shape
-    reuses the compiled model graphs. The caller clears the gradients.
+    (``workers.engine.compiled``), so both modes run the same step. The caller
+    clears the gradients.
     """
     loss = model.training_loss(x, y)
     loss.backward()
