@@ -288,18 +288,18 @@ def test_cuda_trial_with_auto_backend(width):
 
 @pytest.mark.cuda
 @CUDA
-def test_cuda_compiled_and_graph_steps_match_eager():
-    """The compiled and CUDA-graph steps end where eager ends on a GPU: one model
+def test_cuda_graph_steps_match_eager():
+    """The CUDA-graph step ends where eager ends on a GPU (plain compiled: on CPU,
+    test_compiled_step_matches_eager_on_cpu; its GPU timing: gpu_bench): one model
     (torch.optim.AdamW traced by Dynamo) and a population (StackedAdamW's moments
     marked static for the graphs; every replica active, so the unmasked update)."""
     from varbench.workers.training import train_one
 
     base = TrialConfig(width=16, steps=30, eval_every=10, n_eval=512, eps=(1e-9,),
                        device="cuda")
-    runs = {m: train_one(replace(base, step_mode=m)) for m in ("eager", "compiled", "graphs")}
-    assert [r.step_mode for r in runs.values()] == ["eager", "compiled", "graphs"]
-    for mode in ("compiled", "graphs"):
-        assert runs[mode].err == pytest.approx(runs["eager"].err, rel=1e-3), mode
+    runs = {m: train_one(replace(base, step_mode=m)) for m in ("eager", "graphs")}
+    assert runs["graphs"].step_mode == "graphs" and runs["graphs"].compile_seconds > 0
+    assert runs["graphs"].err == pytest.approx(runs["eager"].err, rel=1e-3)
     cfgs = [replace(base, seed=s, lr=lr) for s, lr in ((0, 1e-2), (1, 3e-3), (2, 1e-3))]
     pops = {m: run_population([replace(c, step_mode=m) for c in cfgs])
             for m in ("eager", "graphs")}
