@@ -29,6 +29,7 @@ from varbench.models.interp import INTERPOLATIONS
 from varbench.models.schedule import max_scales
 from varbench.models.targets import TARGETS
 from varbench.workers.config import TrialConfig
+from varbench.workers.engine import MATMUL_PRECISIONS, STEP_MODES
 from varbench.workers.errors import UserError
 from varbench.workers.training import resolve_device
 
@@ -130,6 +131,8 @@ TYPES: dict[str, Any] = {
     "bar": Annotated[float, Field(ge=0, allow_inf_nan=False)] | None,
     "backend": Name(BACKENDS, "attention backend"),
     "device": Annotated[str, AfterValidator(_device)],
+    "step_mode": Name(STEP_MODES, "step mode"),
+    "matmul_precision": Name(MATMUL_PRECISIONS, "matmul precision"),
 }
 
 

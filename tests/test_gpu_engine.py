@@ -19,6 +19,13 @@ from varbench.models.attention import (
     resolve_backend,
 )
 from varbench.workers.config import TrialConfig
+from varbench.workers.engine import (
+    STEP_MEASURED,
+    StepMeasured,
+    choose_step_mode,
+    matmul_precision,
+    resolve_step_mode,
+)
 from varbench.workers.population import (
     CPU_PACK,
     GPU_PACK,
@@ -136,6 +143,118 @@ def test_cpu_population_stacks_a_small_shape():
     assert all(r.population == 3 for r in together)
 
 
+# --- the training step: eager, compiled, CUDA graphs; TF32 --------------------------
+
+
+def test_step_mode_auto_is_eager_until_measured():
+    assert STEP_MEASURED == ()  # no GPU has run the compiled step yet (README, GPU section)
+    for device in ("cpu", "cuda"):
+        assert choose_step_mode(device, 32, 2000) == "eager"
+        assert resolve_step_mode("auto", torch.device(device), "var", 32, 2000) == "eager"
+
+
+def test_step_mode_rule_pays_compilation_only_where_it_is_earned():
+    # synthetic figures of the shape `make bench-gpu` prints (ms/step, compile s)
+    rows = (StepMeasured("cuda", 32, {"eager": 4.0, "compiled": 2.0, "graphs": 0.8},
+                         {"compiled": 30.0, "graphs": 40.0}, "synthetic"),)
+    assert choose_step_mode("cuda", 32, 2000, rows) == "eager"  # 8 s vs 34 s vs 41.6 s
+    assert choose_step_mode("cuda", 32, 100_000, rows) == "graphs"  # 400 vs 230 vs 120 s
+    assert choose_step_mode("cuda", 40, 100_000, rows) == "graphs"  # nearest width decides
+    tie = (StepMeasured("cuda", 32, {"eager": 4.0, "compiled": 1.0, "graphs": 0.95},
+                        {"compiled": 20.0, "graphs": 20.0}, "synthetic"),)
+    assert choose_step_mode("cuda", 32, 100_000, tie) == "compiled"  # within 10%: less machinery
+    cpu = (StepMeasured("cpu", 8, {"eager": 10.0, "compiled": 5.0, "graphs": 1.0},
+                        {"compiled": 20.0, "graphs": 20.0}, "synthetic"),)
+    assert choose_step_mode("cpu", 8, 100_000, cpu) == "compiled"  # graphs needs CUDA
+
+
+def test_step_mode_resolution_records_what_runs():
+    cpu = torch.device("cpu")
+    assert resolve_step_mode("graphs", cpu, "var", 8, 10) == "compiled"
+    assert resolve_step_mode("compiled", cpu, "flowar", 8, 10) == "eager"
+    assert resolve_step_mode("eager", cpu, "var", 8, 10) == "eager"
+    with pytest.raises(ValueError, match="step mode"):
+        resolve_step_mode("fast", cpu, "var", 8, 10)
+
+
+def test_matmul_precision_is_scoped_to_the_block():
+    before = torch.get_float32_matmul_precision()
+    with matmul_precision("high"):
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(RuntimeError), matmul_precision("high"):
+        raise RuntimeError("a trial that fails")
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(ValueError, match="matmul precision"), matmul_precision("medium"):
+        pass
+
+
+def test_trial_settings_refuse_unknown_step_mode_and_precision():
+    from varbench.sweeps.fields import build_trial_config
+    from varbench.workers.errors import UserError
+
+    with pytest.raises(UserError, match="--step-mode"):
+        build_trial_config(step_mode="fast")
+    with pytest.raises(UserError, match="--matmul-precision"):
+        build_trial_config(matmul_precision="medium")
+    assert build_trial_config(step_mode="graphs", matmul_precision="high").step_mode == "graphs"
+
+
+def test_results_record_step_mode_and_precision():
+    """Both worker paths apply the trial's precision, restore the process's, and say so."""
+    from varbench.workers.training import train_one
+
+    before = torch.get_float32_matmul_precision()
+    cfg = TrialConfig(width=8, steps=3, eval_every=2, n_eval=64, eps=(1e-9,),
+                      matmul_precision="high", step_mode="eager", device="cpu")
+    for res in [train_one(cfg)] + run_population([replace(cfg, seed=s) for s in range(2)]):
+        assert (res.step_mode, res.matmul_precision, res.compile_seconds) == ("eager", "high", 0)
+        assert res.to_dict()["matmul_precision"] == "high"
+    assert torch.get_float32_matmul_precision() == before
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager_on_cpu():
+    """The whole step (forward, loss, backward, clipping, optimizer) through torch.compile
+    ends where eager ends, for one model and for a population (Inductor on CPU: tens of
+    seconds of compilation each on the CI machine)."""
+    from varbench.workers.training import train_one
+
+    base = TrialConfig(width=8, steps=4, eval_every=2, n_eval=64, eps=(1e-9,), device="cpu")
+    eager = train_one(replace(base, step_mode="eager"))
+    fast = train_one(replace(base, step_mode="compiled"))
+    assert (eager.step_mode, fast.step_mode) == ("eager", "compiled")
+    assert fast.compile_seconds > 0 and eager.compile_seconds == 0
+    assert fast.err == pytest.approx(eager.err, rel=1e-5)
+    assert fast.final_loss == pytest.approx(eager.final_loss, rel=1e-5)
+    monitored = [[v for _, v in r.curves[0]["monitor_err_ucb"]] for r in (eager, fast)]
+    assert len(monitored[0]) == 2 and monitored[1] == pytest.approx(monitored[0], rel=1e-5)
+    cfgs = [replace(base, seed=s, lr=lr) for s, lr in ((0, 1e-2), (1, 3e-3))]
+    pe = run_population([replace(c, step_mode="eager") for c in cfgs])
+    pc = run_population([replace(c, step_mode="compiled") for c in cfgs])
+    assert [r.step_mode for r in pc] == ["compiled"] * 2 and pc[0].population == 2
+    assert [r.err for r in pc] == pytest.approx([r.err for r in pe], rel=1e-5)
+    assert pe[1].err != pytest.approx(pe[0].err, rel=1e-3)  # the replicas did differ
+
+
+def test_torch_func_population_matches_stacked_population():
+    """gpu_bench's two population steps train the same models: after a few steps
+    every replica's outputs agree (so the benchmark compares like with like)."""
+    from benchmarks.gpu_bench import FuncPopulation, StackedStep, population_batches
+
+    cfgs = [TrialConfig(width=8, seed=s, device="cpu") for s in range(3)]
+    cpu = torch.device("cpu")
+    func, stacked = FuncPopulation(cfgs, cpu), StackedStep(cfgs, cpu)
+    batches = list(population_batches(cfgs, cpu, 4))
+    for i, (x, y) in enumerate(batches[:3]):
+        factor = (i + 1) / cfgs[0].warmup
+        torch.testing.assert_close(func.step(x, y, factor), stacked.step(x, y, factor),
+                                   atol=1e-6, rtol=1e-5)
+    x = batches[3][0]
+    torch.testing.assert_close(func.predict(x), stacked.predict(x), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(stacked.predict(x)[0], stacked.predict(x)[1])
+
+
 # --- on a GPU -------------------------------------------------------------------------
 
 
@@ -167,6 +286,39 @@ def test_cuda_trial_with_auto_backend(width):
     assert res.device.startswith("cuda")
 
 
+@pytest.mark.cuda
+@CUDA
+def test_cuda_graph_steps_match_eager():
+    """The CUDA-graph step ends where eager ends on a GPU (plain compiled: on CPU,
+    test_compiled_step_matches_eager_on_cpu; its GPU timing: gpu_bench): one model
+    (torch.optim.AdamW traced by Dynamo) and a population (StackedAdamW's moments
+    marked static for the graphs; every replica active, so the unmasked update)."""
+    from varbench.workers.training import train_one
+
+    base = TrialConfig(width=16, steps=30, eval_every=10, n_eval=512, eps=(1e-9,),
+                       device="cuda")
+    runs = {m: train_one(replace(base, step_mode=m)) for m in ("eager", "graphs")}
+    assert runs["graphs"].step_mode == "graphs" and runs["graphs"].compile_seconds > 0
+    assert runs["graphs"].err == pytest.approx(runs["eager"].err, rel=1e-3)
+    cfgs = [replace(base, seed=s, lr=lr) for s, lr in ((0, 1e-2), (1, 3e-3), (2, 1e-3))]
+    pops = {m: run_population([replace(c, step_mode=m) for c in cfgs])
+            for m in ("eager", "graphs")}
+    assert pops["graphs"][0].step_mode == "graphs" and pops["graphs"][0].population == 3
+    assert [r.err for r in pops["graphs"]] == pytest.approx([r.err for r in pops["eager"]],
+                                                            rel=1e-3)
+
+
+@pytest.mark.cuda
+@CUDA
+def test_cuda_tf32_trial_runs_and_restores_precision():
+    from varbench.workers.training import train_one
+
+    res = train_one(TrialConfig(width=32, steps=20, eval_every=10, n_eval=256,
+                                matmul_precision="high", device="cuda"))
+    assert res.status == "completed" and res.matmul_precision == "high"
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
 @pytest.mark.slow
 def test_gpu_bench_script_runs(capsys):
     """`make bench-gpu`'s script, on CPU with tiny shapes: every section prints its table."""
@@ -174,6 +326,9 @@ def test_gpu_bench_script_runs(capsys):
 
     gpu_bench.main(["--device", "cpu", "--smoke", "--budget-s", "120"])
     out = capsys.readouterr().out
-    for heading in ("1. attention", "2. training step", "3. population"):
+    for heading in ("1. attention", "2. training step", "3. TF32", "4. population",
+                    "5. torch.func"):
         assert heading in out
-    assert "| 85 | 16 |" in out and "skipped" not in out
+    assert "| 85 | 16 |" in out and "out of time budget" not in out
+    assert "flex fwd+bwd: not measured on cpu" in out  # said, not silently left out
+    assert "paste into MEASURED" in out and "paste into STEP_MEASURED" in out

@@ -75,6 +75,13 @@ class TrialConfig:
     bar: float | None = None  # the error it must beat to matter; the driver sets it
     backend: str = _MODEL.backend
     device: str = "auto"
+    # how the training step runs (workers.engine): "eager", "compiled" (torch.compile of
+    # the whole step), "graphs" (compiled with CUDA graphs; "compiled" off CUDA) or "auto"
+    # (least total time from measured figures: eager until a GPU run fills the table)
+    step_mode: str = "auto"
+    # float32 matmuls: "highest", or "high" (TF32 on CUDA); highest until a GPU run shows
+    # err stays within its interval with TF32 (benchmarks/gpu_bench.py, section 3)
+    matmul_precision: str = "highest"
 
     def var_config(self) -> VARConfig:
         """The model's config: the fields the two share, by name."""
@@ -179,6 +186,9 @@ class TrialResult:
     device: str = "cpu"
     replica_err_ucb: list[float | None] = field(default_factory=list)
     population: int = 1  # how many models trained together in the step loop
+    step_mode: str = "eager"  # the step mode that ran (``auto`` resolved, workers.engine)
+    matmul_precision: str = "highest"  # the float32 matmul precision it ran at
+    compile_seconds: float = 0.0  # the first step's time where it compiled (not in sec_per_step)
     monitor_err: float | None = None  # the last monitor err_ucb (what a pruned trial reached)
     pruned_at: int | None = None  # step the stopping rule fired (also when only observed)
     # learning curves, one per replica (``Curve.to_dict``): the trial's own first

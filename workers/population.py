@@ -8,6 +8,10 @@ data stream), learning rate, gradient clipping, Adam state, early stop and
 failure, so it ends exactly where training it alone would (up to float
 rounding; see tests/test_population.py).
 
+The step itself (forward, loss, backward, clipping, update) is one function,
+``population_step``, run eager or compiled as the trial's ``step_mode`` says
+(``workers.engine``).
+
 Only small VAR models are batched this way (``batched``); FlowAR (its loss
 draws random flow times inside the model) and larger models run their
 replicas one after another, which is never slower than the plain loop.
@@ -26,6 +30,7 @@ from varbench.models.metrics import error_estimate
 from varbench.models.population import PopulationVAR
 from varbench.models.var import var_params
 from varbench.workers.config import Curve, TrialConfig, TrialResult, curve_every
+from varbench.workers.engine import compiled, mark_static, matmul_precision, resolve_step_mode
 from varbench.workers.stopping import StopRule
 from varbench.workers.training import (
     MONITOR_SIZE,
@@ -110,8 +115,11 @@ class StackedAdamW:
         self.steps = torch.zeros_like(lrs)
 
     @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], factor: float, active: torch.Tensor) -> None:
-        if bool(active.all()):
+    def step(self, grads: dict[str, torch.Tensor], factor: float | torch.Tensor,
+             active: torch.Tensor, *, all_active: bool | None = None) -> None:
+        """One update of the active replicas; ``all_active`` (if the caller knows it)
+        saves reading ``active`` back from the device."""
+        if all_active if all_active is not None else bool(active.all()):
             return self._step_all(grads, factor)
         b1, b2 = self.betas
         self.steps += active.to(self.steps.dtype)
@@ -124,15 +132,15 @@ class StackedAdamW:
             g = torch.where(act, grads[k], torch.zeros_like(grads[k]))
             m_new = self.m[k] * b1 + (1 - b1) * g
             v_new = self.v[k] * b2 + (1 - b2) * g * g
-            self.m[k] = torch.where(act, m_new, self.m[k])
-            self.v[k] = torch.where(act, v_new, self.v[k])
+            self.m[k].copy_(torch.where(act, m_new, self.m[k]))  # in place: a compiled
+            self.v[k].copy_(torch.where(act, v_new, self.v[k]))  # step keeps its buffers
             decayed = p * (1 - (lr * self.wd).view(shape))
             denom = (self.v[k].sqrt() / bc2.sqrt().view(shape)) + self.eps
             updated = decayed - (lr / bc1).view(shape) * self.m[k] / denom
             p.copy_(torch.where(act, updated, p))
 
     @torch.no_grad()
-    def _step_all(self, grads: dict[str, torch.Tensor], factor: float) -> None:
+    def _step_all(self, grads: dict[str, torch.Tensor], factor: float | torch.Tensor) -> None:
         """Every replica active (the common case): in-place updates, no masking."""
         b1, b2 = self.betas
         self.steps += 1
@@ -182,7 +190,13 @@ def run_population(cfgs: list[TrialConfig],
 
 
 def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialResult]:
-    """One population: R models of one shape, one step loop."""
+    """One population: R models of one shape, one step loop, at the trials' matmul
+    precision (restored after, as ``train_one`` does)."""
+    with matmul_precision(cfgs[0].matmul_precision):
+        return _train_population(cfgs, device)
+
+
+def _train_population(cfgs: list[TrialConfig], device: torch.device) -> list[TrialResult]:
     c0 = cfgs[0]
     t0 = time.perf_counter()
     models = [build(c, device) for c in cfgs]  # each initialised as it would be alone
@@ -198,7 +212,8 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
     gens = [stream(c.seed, "train") for c in cfgs]
     x_mon = torch.stack([monitor_batch(c) for c in cfgs]).to(device)
     y_mon = target(x_mon.flatten(0, 1)).unflatten(0, (r, MONITOR_SIZE))
-    active = torch.ones(r, dtype=torch.bool, device=device)
+    active = torch.ones(r, dtype=torch.bool, device=device)  # on the device, for the step
+    alive = [True] * r  # the same, on the host: no device sync to read it
     steps_run = [0] * r
     status = ["completed"] * r
     reason = [""] * r
@@ -207,47 +222,54 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
     rules = [StopRule(c.bar, c.steps, c.eval_every) for c in cfgs]
     monitor: list[float | None] = [None] * r
     curves = [Curve(every=curve_every(c0.steps)) for _ in cfgs]
+    mode = resolve_step_mode(c0.step_mode, device, c0.model, c0.width, c0.steps)
+    if mode == "graphs":  # the moments are updated in place: CUDA graphs keep their addresses
+        mark_static([*opt.m.values(), *opt.v.values(), opt.steps, opt.lrs])
+    step_fn = compiled(population_step, mode)
+    factor = torch.zeros((), device=device)  # a tensor: the schedule recompiles nothing
+    compile_seconds = 0.0
     t_train = time.perf_counter()
     for step in range(1, c0.steps + 1):
         x = torch.stack([sample(c0, g) for g in gens]).to(device)
         y = target(x.flatten(0, 1)).unflatten(0, (r, c0.batch_size))
-        per_replica = (pop(x) - y).pow(2).flatten(1).mean(1)  # each replica's MSE
-        losses = per_replica.tolist()
+        factor.fill_(lr_factor(step - 1, c0.warmup, c0.steps))
+        t_step = time.perf_counter()
+        losses = step_fn(pop, opt, x, y, active, factor, c0.grad_clip,
+                         all(alive)).tolist()  # each replica's MSE
+        if step == 1 and mode != "eager":
+            compile_seconds = time.perf_counter() - t_step
+        was = list(alive)
         for i in range(r):
-            if not active[i]:
+            if not alive[i]:
                 continue
             steps_run[i] = step
             last_loss[i] = losses[i]
             if not math.isfinite(losses[i]):
                 status[i], reason[i] = "failed", non_finite(losses[i], step)
-                active[i] = False
+                alive[i] = False
             else:
                 curves[i].add_loss(step, losses[i],
                                    cfgs[i].lr * lr_factor(step - 1, c0.warmup, c0.steps))
-        if not bool(active.any()):
+        if not any(alive):
             break
-        # replicas share no parameter: d(sum of losses)/dθ_i = d(loss_i)/dθ_i
-        total = torch.where(active, per_replica, torch.zeros_like(per_replica)).sum()
-        grads = dict(zip(params, torch.autograd.grad(total, list(params.values()))))
-        if c0.grad_clip > 0:
-            grads = _clip(grads, c0.grad_clip)
-        opt.step(grads, lr_factor(step - 1, c0.warmup, c0.steps), active)
         if step % c0.eval_every == 0:
             with torch.no_grad():
                 pred = pop(x_mon)
             for i in range(r):
-                if not active[i]:
+                if not alive[i]:
                     continue
                 monitor[i] = error_estimate(pred[i], y_mon[i], c0.p).err_ucb
                 curves[i].monitor_err_ucb.append((step, monitor[i]))
                 if monitor[i] <= eps_min:
-                    active[i] = False  # early stop, exactly as alone
+                    alive[i] = False  # early stop, exactly as alone
                 elif rules[i].check(step, monitor[i]) and cfgs[i].prune:
                     status[i], reason[i] = "pruned", rules[i].reason
-                    active[i] = False
-            if not bool(active.any()):
+                    alive[i] = False
+            if not any(alive):
                 break
-    train_seconds = time.perf_counter() - t_train
+        if alive != was:  # the device's copy, only when it changed
+            active.copy_(torch.tensor(alive))
+    train_seconds = time.perf_counter() - t_train - compile_seconds
     results = []
     for i, c in enumerate(cfgs):
         res = TrialResult(status=status[i], reason=reason[i], n_params=n_params,
@@ -256,13 +278,38 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
                           steps_run=steps_run[i], monitor_err=monitor[i],
                           pruned_at=rules[i].fired_at,
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
-        res.sec_per_step = train_seconds / max(sum(steps_run), 1)
+        res.sec_per_step = train_seconds / max(sum(steps_run) - (compile_seconds > 0) * r, 1)
+        res.step_mode, res.matmul_precision = mode, c0.matmul_precision
+        res.compile_seconds = compile_seconds
         curves[i].flush(steps_run[i], c.lr * lr_factor(steps_run[i] - 1, c0.warmup, c0.steps))
         res.curves = [curves[i].to_dict()]
         finish(res, lambda z, i=i: _replica_forward(pop, z, i, r), target, c, device)
         res.seconds = (time.perf_counter() - t0) / r
         results.append(res)
     return results
+
+
+def population_step(pop: PopulationVAR, opt: StackedAdamW, x: torch.Tensor, y: torch.Tensor,
+                    active: torch.Tensor, factor: torch.Tensor, grad_clip: float,
+                    all_active: bool) -> torch.Tensor:
+    """One update of every active replica; returns each replica's loss, (R,).
+
+    The one step of ``_train_stacked``, run eager or through torch.compile
+    (``workers.engine.compiled``): ``all_active`` (the host's view, so the
+    unmasked update needs no device sync) and ``factor`` (a tensor) keep the
+    compiled graphs fixed across steps. A replica whose loss is not finite is
+    masked out of the gradient sum and ends as failed; its own weights, which
+    nobody evaluates, are updated only when every replica was active.
+    """
+    per_replica = (pop(x) - y).pow(2).flatten(1).mean(1)
+    ok = active & torch.isfinite(per_replica)
+    # replicas share no parameter: d(sum of losses)/dθ_i = d(loss_i)/dθ_i
+    total = torch.where(ok, per_replica, torch.zeros_like(per_replica)).sum()
+    grads = dict(zip(opt.params, torch.autograd.grad(total, list(opt.params.values()))))
+    if grad_clip > 0:
+        grads = _clip(grads, grad_clip)
+    opt.step(grads, factor, ok, all_active=all_active)
+    return per_replica.detach()
 
 
 def sample(cfg: TrialConfig, gen: torch.Generator) -> torch.Tensor:

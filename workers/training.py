@@ -30,6 +30,7 @@ from varbench.models.metrics import (
 )
 from varbench.models.targets import Target, make_target
 from varbench.workers.config import Curve, TrialConfig, TrialResult, curve_every
+from varbench.workers.engine import compiled, matmul_precision, resolve_step_mode
 from varbench.workers.stopping import StopRule
 
 # Disjoint random streams per trial seed: training, monitoring, final eval.
@@ -114,6 +115,32 @@ def finish(result: TrialResult, predict: Callable[[torch.Tensor], torch.Tensor],
     return result
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate for the next update. A tensor lr (compiled steps)
+    is filled in place, so the compiled optimizer sees no new constant."""
+    for group in opt.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               grad_clip: float) -> torch.Tensor:
+    """One update: forward, loss, backward, clipping, optimizer; returns the loss.
+
+    The one step function of ``train_one``, run eager or through torch.compile
+    (``workers.engine.compiled``), so both modes run the same step. The caller
+    clears the gradients.
+    """
+    loss = model.training_loss(x, y)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
 def non_finite(loss: float, step: int) -> str:
     return f"non-finite loss ({loss}) at step {step}"
 
@@ -124,7 +151,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
 
     ``pause_at`` stops after that many steps of the ``cfg.steps`` schedule and
     returns the result so far, evaluated, with a checkpoint (model, optimizer,
-    schedule, random streams, monitor history) in ``result.checkpoint``;
+    step, random streams, monitor history; the learning rate follows from the step) in ``result.checkpoint``;
     ``resume`` continues from such a checkpoint. A run paused and resumed ends
     where the uninterrupted run ends (multi-fidelity continues trials this way).
     """
@@ -135,10 +162,14 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     result = TrialResult(status="completed", n_params=model.num_params(),
                          n_params_eff=model.num_params_effective(), flops=model.flops_per_sample(), width=cfg.width, device=str(device),
                          config=cfg.to_dict())
-    # one fused kernel for the whole update on a GPU, where a step is launch-bound
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
+    mode = resolve_step_mode(cfg.step_mode, device, cfg.model, cfg.width, cfg.steps)
+    result.step_mode, result.matmul_precision = mode, cfg.matmul_precision
+    # eager on a GPU: one fused kernel for the whole update (the step is launch-bound);
+    # compiled: the learning rate is a tensor, so the schedule does not recompile the step
+    lr = cfg.lr if mode == "eager" else torch.tensor(cfg.lr, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda" and mode == "eager")
+    step_fn = compiled(train_step, mode)
     train_gen = stream(cfg.seed, "train")
     x_mon = monitor_batch(cfg).to(device)
     y_mon = target(x_mon)
@@ -147,61 +178,63 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     loss_val = float("nan")
     start = 0
     if resume is not None:
-        start, loss_val = _restore(resume, model, opt, sched, train_gen, rule)
+        start, loss_val = _restore(resume, model, opt, train_gen, rule)
     step = start
     last = min(cfg.steps, pause_at) if pause_at is not None else cfg.steps
     curve = Curve(every=curve_every(cfg.steps))  # of this run (a resumed one: from its start)
     t_train = time.perf_counter()
-    for step in range(start + 1, last + 1):
-        x = sample_inputs(cfg.inputs, cfg.batch_size, cfg.channels, cfg.s_first, train_gen)
-        x = x.to(device)
-        loss = model.training_loss(x, target(x))
-        loss_val = loss.item()
-        if not math.isfinite(loss_val):
-            result.status, result.reason = "failed", non_finite(loss_val, step)
-            break
-        curve.add_loss(step, loss_val, cfg.lr * lr_factor(step - 1, cfg.warmup, cfg.steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if step % cfg.eval_every == 0:
-            model.eval()
-            with torch.no_grad():
-                mon = error_estimate(model(x_mon), y_mon, cfg.p)
-            model.train()
-            curve.monitor_err_ucb.append((step, mon.err_ucb))
-            result.monitor_err = mon.err_ucb
-            if mon.err_ucb <= eps_min:
+    with matmul_precision(cfg.matmul_precision):
+        for step in range(start + 1, last + 1):
+            x = sample_inputs(cfg.inputs, cfg.batch_size, cfg.channels, cfg.s_first, train_gen)
+            x = x.to(device)
+            factor = lr_factor(step - 1, cfg.warmup, cfg.steps)
+            set_lr(opt, cfg.lr * factor)
+            t_step = time.perf_counter()
+            loss_val = step_fn(model, opt, x, target(x), cfg.grad_clip).item()
+            opt.zero_grad(set_to_none=True)
+            if step == start + 1 and mode != "eager":
+                result.compile_seconds = time.perf_counter() - t_step
+            if not math.isfinite(loss_val):  # the update already ran; the trial ends here
+                result.status, result.reason = "failed", non_finite(loss_val, step)
                 break
-            if rule.check(step, mon.err_ucb) and cfg.prune:
-                result.status, result.reason = "pruned", rule.reason
-                break
-    else:  # the budget (or the pause) ran out without an early stop
-        if result.status == "completed" and step < cfg.steps:
-            result.checkpoint = _snapshot(step, loss_val, model, opt, sched, train_gen, rule)
+            curve.add_loss(step, loss_val, cfg.lr * factor)
+            if step % cfg.eval_every == 0:
+                model.eval()
+                with torch.no_grad():
+                    mon = error_estimate(model(x_mon), y_mon, cfg.p)
+                model.train()
+                curve.monitor_err_ucb.append((step, mon.err_ucb))
+                result.monitor_err = mon.err_ucb
+                if mon.err_ucb <= eps_min:
+                    break
+                if rule.check(step, mon.err_ucb) and cfg.prune:
+                    result.status, result.reason = "pruned", rule.reason
+                    break
+        else:  # the budget (or the pause) ran out without an early stop
+            if result.status == "completed" and step < cfg.steps:
+                result.checkpoint = _snapshot(step, loss_val, model, opt, train_gen, rule)
     result.pruned_at = rule.fired_at
     curve.flush(step, cfg.lr * lr_factor(step - 1, cfg.warmup, cfg.steps))
     result.curves = [curve.to_dict()]
     result.steps_run = step
-    result.sec_per_step = (time.perf_counter() - t_train) / max(step - start, 1)
+    train_s = time.perf_counter() - t_train - result.compile_seconds
+    result.sec_per_step = train_s / max(step - start - (result.compile_seconds > 0), 1)
     result.final_loss = loss_val if math.isfinite(loss_val) else None
     model.eval()
-    finish(result, model, target, cfg, device)
+    with matmul_precision(cfg.matmul_precision):
+        finish(result, model, target, cfg, device)
     if result.status == "completed" and cfg.flow_evals and cfg.model == "flowar":
         result.flow_evals = evaluate_flow_settings(model, target, cfg, device)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _snapshot(step: int, loss: float, model, opt, sched, gen: torch.Generator,
+def _snapshot(step: int, loss: float, model, opt, gen: torch.Generator,
               rule: StopRule) -> bytes:
     """Everything a paused trial needs to go on exactly where it stopped."""
     buf = io.BytesIO()
     torch.save({"step": step, "loss": loss, "model": model.state_dict(),
-                "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "opt": opt.state_dict(),
                 "gen": gen.get_state(), "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "monitor": list(rule.history), "fired_at": rule.fired_at,
@@ -209,12 +242,11 @@ def _snapshot(step: int, loss: float, model, opt, sched, gen: torch.Generator,
     return buf.getvalue()
 
 
-def _restore(blob: bytes, model, opt, sched, gen: torch.Generator,
+def _restore(blob: bytes, model, opt, gen: torch.Generator,
              rule: StopRule) -> tuple[int, float]:
     state = torch.load(io.BytesIO(blob), weights_only=True)  # tensors and plain data only
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
+    opt.load_state_dict(state["opt"])  # the learning rate is set from the step (set_lr)
     gen.set_state(state["gen"])
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
