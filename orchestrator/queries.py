@@ -51,12 +51,15 @@ def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT) -> list[
                 "n_eff": (t.result or {}).get("n_params_eff") if t is not None else None,
                 "trial": p.trial_number,
                 "err_ucb": t.err_ucb if t is not None else None,
+                # inference FLOPs per sample of the N* model (FlowAR: at this setting)
+                "flops": t.flops if t is not None else None,
                 "best_err": p.best_err, "max_n_tried": p.max_n_tried, "n_trials": p.n_trials,
                 "affine_err": ref.get("err_ucb"),
                 "lipschitz_emp": (cell.reference or {}).get("lipschitz", {}).get("empirical"),
                 "config": {k: cfg.get(k) for k in ("width", "scales", "interp", "heads", "depth",
-                                                    "ffn_ratio", "flow_steps", "flow_source",
-                                                    "lr", "replicas")} if cfg else {},
+                                                    "ffn_ratio", "flow_steps", "flow_solver",
+                                                    "flow_source", "lr", "replicas")}
+                if cfg else {},
             })
     return out
 
@@ -72,6 +75,7 @@ def sweep_status(store: ResultsView, sweep: str | None) -> list[dict]:
             trials = store.trials(cell.id)
             out.append({
                 "sweep": s.name, "status": s.status, "cell": cell.study_name,
+                "model": cell.variant,  # a FlowAR cell's names its inference setting
                 "done": len(trials), "planned": planned,
                 "failed": sum(t.status == "failed" for t in trials),  # pruned is not failed
             })
