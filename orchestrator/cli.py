@@ -217,6 +217,9 @@ def _print_trial(r) -> None:
         *([("replicas err_ucb", ", ".join(_fmt(e) for e in r.replica_err_ucb))]
           if r.replica_err_ucb else []),
         ("time", f"{r.seconds:.2f} s ({1000 * r.sec_per_step:.2f} ms/step, {r.device})"),
+        # FlowAR's inference settings (--set flow_evals=...), on the same trained model
+        *[(f"err_ucb at {e['flow_steps']} {e['flow_solver']}",
+           f"{_fmt(e['err_ucb'])} ({e['flops']:,} FLOPs)") for e in r.flow_evals],
     ]
     for k, v in rows:
         table.add_row(k, v)

@@ -21,19 +21,23 @@ def interval_text(ci: list, censored: str = "not reached") -> str:
     return f"[{lo:,.0f}, {hi:,.0f}]" if hi is not None else f"[{lo:,.0f}, {censored}]"
 
 
-def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT) -> list[dict]:
+def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT,
+                  cell_id: int | None = None) -> list[dict]:
     """One row per (cell, ε): N* with its interval, the trial and its config, or the
     censored point.
 
     ``n_star_ci`` is the 95% interval of N* (``sweeps.frontier.frontier_intervals``:
     whole trials and seed replicas resampled; it contains the point); None for a
-    bound that is "not reached" in the resamples.
+    bound that is "not reached" in the resamples. ``cell_id``: that cell's rows only
+    (the other cells' bootstraps are not paid for).
     """
     row = store.sweep(sweep)
     if row is None:
         raise UserError("SWEEP", f"no sweep named {sweep!r} in the results store")
     out = []
     for cell in store.cells(row.id):
+        if cell_id is not None and cell.id != cell_id:
+            continue
         rows = store.trials(cell.id)
         trials = {t.number: t for t in rows}
         ref = (cell.reference or {}).get("affine", {})

@@ -336,7 +336,7 @@ class Recorder:
         metrics += [("frontier.best_err_ucb", best, step),
                     ("frontier.eps_reached", sum(p.reached for p in points), step)]
         self.tracker.log(parent, metrics=metrics)
-        rows = [r for r in frontier_rows(self.store, self.sweep) if r["cell"] == study]
+        rows = frontier_rows(self.store, self.sweep, cell_id=cell_id)
         self.tracker.log_dict(parent, rows, "frontier.json")
         self.tracker.log_text(parent, "\n".join([
             f"# Frontier N*(ε) of {study}", "", NSTAR_NOTE, "", *frontier_markdown(rows)]) + "\n",
