@@ -206,3 +206,15 @@ def test_resume_adds_no_setting_rows_and_restores_missing_ones(flow_sweep):
     run_sweep(spec, settings)
     assert counts() == before and len(trained) == 2
     assert store.trials(lost.id)[1].mlflow_run_id is not None
+
+
+def test_with_seed_replicas_each_setting_reports_its_best_replica():
+    cfg = TrialConfig(model="flowar", width=8, scales=2, steps=10, warmup=2, eval_every=100,
+                      n_eval=64, replicas=2, flow_steps=1, flow_evals=("1:euler", "4:euler"))
+    r = trial_mod.run_trial(cfg)
+    assert r.status == "completed" and len(r.flow_evals) == 2
+    for e in r.flow_evals:
+        assert len(e["replica_err_ucb"]) == 2 and e["err_ucb"] == min(e["replica_err_ucb"])
+    assert r.flow_evals[0]["err_ucb"] == r.err_ucb  # the own setting: the best replica's
+    row = setting_result({**r.to_dict(), "config": cfg.to_dict()}, "4:euler")
+    assert row["replica_err_ucb"] == r.flow_evals[1]["replica_err_ucb"]  # its interval's
