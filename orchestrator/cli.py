@@ -239,6 +239,9 @@ def _print_trial(r) -> None:
         *([("replicas err_ucb", ", ".join(_fmt(e) for e in r.replica_err_ucb))]
           if r.replica_err_ucb else []),
         ("time", f"{r.seconds:.2f} s ({1000 * r.sec_per_step:.2f} ms/step, {r.device})"),
+        # FlowAR's inference settings (--set flow_evals=...), on the same trained model
+        *[(f"err_ucb at {e['flow_steps']} {e['flow_solver']}",
+           f"{_fmt(e['err_ucb'])} ({e['flops']:,} FLOPs)") for e in r.flow_evals],
     ]
     for k, v in rows:
         table.add_row(k, v)
@@ -335,6 +338,16 @@ def _run_with_progress(driver, show: bool):
         return driver.run()
 
 
+def _flops(n: int | None) -> str:
+    """Inference FLOPs per sample, short: ``41.2k FLOPs``."""
+    if not n:
+        return ""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit} FLOPs"
+    return f"{n} FLOPs"
+
+
 def _frontier(db_url: str, sweep: str) -> list[dict]:
     from varbench.orchestrator.queries import frontier_rows
     from varbench.orchestrator.store import ResultsView
@@ -366,7 +379,7 @@ def _print_frontier(rows: list[dict]) -> None:
                 c = r["config"]
                 extra = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
                 if r["family"] == "flowar":
-                    extra += f" steps={c.get('flow_steps')} {c.get('flow_source') or 'interp'}"
+                    extra += f" {c.get('flow_source') or 'interp'} {_flops(r.get('flops'))}"
                 table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", f"{r['n_star']:,}",
                               interval_text(r["n_star_ci"], "n.r."), str(r["trial"]),
                               _fmt(r["err_ucb"]), extra)
@@ -453,10 +466,11 @@ def status(
     view.check()
     rows = sweep_status(view, target)
     table = Table(title="sweeps")
-    for col in ("sweep", "status", "cell", "trials", "failed"):
+    for col in ("sweep", "status", "cell", "model", "trials", "failed"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["sweep"], r["status"], r["cell"], f"{r['done']}/{r['planned']}", str(r["failed"]))
+        table.add_row(r["sweep"], r["status"], r["cell"], r["model"],
+                      f"{r['done']}/{r['planned']}", str(r["failed"]))
     _console().print(table)
 
 

@@ -38,7 +38,8 @@ from varbench.orchestrator.recorder import Recorder
 from varbench.orchestrator.settings import Settings
 from varbench.orchestrator.studies import Studies, study_name
 from varbench.sweeps.frontier import FrontierPoint, bar_for
-from varbench.sweeps.space import search_space, trial_config, trial_seed
+from varbench.sweeps.inference import told_error
+from varbench.sweeps.space import flow_settings, search_space, trial_config, trial_seed
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 from varbench.workers.population import batched, population_size, shape_key
@@ -60,6 +61,10 @@ class Cell:
     done: int = 0
     in_flight: int = 0
     points: list[FrontierPoint] = field(default_factory=list)
+    # FlowAR: the other inference settings' cells (setting -> (cell id, name)) and
+    # their frontiers; ``points`` is the study's own (cheapest) setting's
+    settings: dict[str, tuple[int, str]] = field(default_factory=dict)
+    setting_points: dict[str, list[FrontierPoint]] = field(default_factory=dict)
 
 
 @dataclass
@@ -153,8 +158,14 @@ class Driver:
             study = self.studies.open(spec, name, space, attrs={
                 "sweep": spec.name, "cell": name, "variant": variant.label, "target": target,
                 "lipschitz": lip, "eps": list(spec.eps), "spec_hash": spec.spec_hash()})
-            cell_id = rec.open_cell(name, variant, target, lip, space)
-            self.cells.append(Cell(cell_id, name, variant, target, lip, study, space))
+            # FlowAR: one training per trial, one frontier per inference setting
+            keys = flow_settings(spec) if variant.family == "flowar" else []
+            cell_id = rec.open_cell(name, variant, target, lip, space,
+                                    setting=keys[0] if keys else None)
+            others = rec.open_setting_cells(cell_id, name, variant, target, lip, keys[1:],
+                                            space) if len(keys) > 1 else {}
+            self.cells.append(Cell(cell_id, name, variant, target, lip, study, space,
+                                   settings=others))
         self._recover()
         self._check_stop()
         self._reference_errors()
@@ -167,11 +178,13 @@ class Driver:
         under this driver's lease, so every RUNNING trial it finds belongs to a
         driver whose lease has expired (or to this one, after a Ctrl-C)."""
         for cell in self.cells:
+            self.recorder.fill_settings(cell.cell_id)  # setting rows a crash left unwritten
             recorded = {t.number: t for t in self.recorder.trials(cell.cell_id)}
             for t in self.studies.running(cell.study):
                 row = recorded.get(t.number)
                 if row is not None:  # recorded, not told: tell it now
-                    self.studies.tell(cell.study, t.number, row.status, row.n_params, row.err_ucb)
+                    self.studies.tell(cell.study, t.number, row.status, row.n_params,
+                                      told_error(row.result or {})[0])
                 else:  # never recorded: run its params again
                     self.studies.requeue(cell.study, t.number, dict(t.params))
             for number, row in recorded.items():
@@ -261,13 +274,22 @@ class Driver:
             try:  # an error other than Ctrl-C leaves the status as it was: a resume settles it
                 ours = self.recorder.lease is not None and self.recorder.lease_lost() is None
                 if ended is not None and ours and self.recorder.sweep_id is not None:
-                    self.recorder.close_sweep(ended, [c.study_name for c in self.cells])
+                    self.recorder.close_sweep(ended, [n for c in self.cells for n in
+                                                      (c.study_name, *self._setting_names(c))])
             finally:
                 self.recorder.release_lease()
+        fronts = {}
+        for c in self.cells:
+            fronts[c.study_name] = c.points
+            fronts.update({name: c.setting_points.get(k, []) for k, (_, name) in c.settings.items()})
         return SweepOutcome(
-            self.spec.name, ran, recorded, time.perf_counter() - t0, compute,
-            {c.study_name: c.points for c in self.cells}, interrupted, setup, waited,
+            self.spec.name, ran, recorded, time.perf_counter() - t0, compute, fronts, interrupted,
+            setup, waited,
         )
+
+    @staticmethod
+    def _setting_names(cell: Cell) -> list[str]:
+        return [name for _, name in cell.settings.values()]
 
     def _arm(self) -> None:
         """Ctrl-C sets a flag the driver checks between steps and at least once a
@@ -373,7 +395,11 @@ class Driver:
         key = shape_key(cfg)
         if key not in self._sizes:
             self._sizes[key] = param_count(cfg)
-        return replace(cfg, bar=bar_for(cell.points, self._sizes[key]))
+        # FlowAR: a trial that moves any setting's frontier matters, so the most
+        # lenient bar over the settings (none until every setting has one)
+        bars = [bar_for(pts, self._sizes[key])
+                for pts in (cell.points, *cell.setting_points.values())]
+        return replace(cfg, bar=None if None in bars else max(bars))
 
     def _ask_config(self, cell: Cell):
         trial = self.studies.ask(cell.study, cell.space, lambda: self._ours(cell))
@@ -408,16 +434,22 @@ class Driver:
         new = self.recorder.record_trial(cell.cell_id, number, result)
         if new:
             cell.done += 1
-        self.studies.set_trial_attrs(trial, {
-            "err": result.get("err"), "err_ucb": result.get("err_ucb"),
-            "reason": result.get("reason", ""), "population": result.get("population", 1),
-            "replicas": len(result.get("replica_err_ucb") or []) or 1})
-        self.studies.tell(cell.study, number, result["status"], result.get("n_params"),
-                          result.get("err_ucb"))
+        told, setting = told_error(result)  # FlowAR: the best over its inference settings
+        attrs = {"err": result.get("err"), "err_ucb": result.get("err_ucb"),
+                 "reason": result.get("reason", ""), "population": result.get("population", 1),
+                 "replicas": len(result.get("replica_err_ucb") or []) or 1}
+        if setting is not None:
+            attrs.update(told_err_ucb=told, flow_setting=setting, flow_err_ucb={
+                f"{e['flow_steps']}:{e['flow_solver']}": e["err_ucb"]
+                for e in result.get("flow_evals") or []})
+        self.studies.set_trial_attrs(trial, attrs)
+        self.studies.tell(cell.study, number, result["status"], result.get("n_params"), told)
         return new
 
     def _refresh_frontier(self, cell: Cell) -> None:
         cell.points = self.recorder.refresh_frontier(cell.cell_id, self.spec.eps)
+        for key, (cid, _) in cell.settings.items():
+            cell.setting_points[key] = self.recorder.refresh_frontier(cid, self.spec.eps)
 
     def _cancel_inflight(self) -> None:
         """Ctrl-C: cancel running tasks, then settle every RUNNING trial as a resume would

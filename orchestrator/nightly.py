@@ -61,9 +61,10 @@ def _num(x: float):
     return None if math.isinf(x) else x
 
 
-def cell_key(study_name: str) -> str:
-    """The study name without the sweep's own (dated) name."""
-    return study_name.split(":", 1)[1]
+def group_key(cell) -> str:
+    """What a cell measures, across nights (each night's sweep has its own name): model
+    (a FlowAR cell's names its inference setting), target and L."""
+    return f"{cell.variant}:{cell.target}:L={cell.lipschitz:g}"
 
 
 def compare(store: ResultsView, prev_sweep: str | None, curr_sweep: str,
@@ -74,9 +75,9 @@ def compare(store: ResultsView, prev_sweep: str | None, curr_sweep: str,
         return comp
     prev_row, curr_row = store.sweep(prev_sweep), store.sweep(curr_sweep)
     eps = [e for e in curr_row.spec["eps"] if e in set(prev_row.spec["eps"])]
-    prev_cells = {cell_key(c.study_name): c for c in store.cells(prev_row.id)}
+    prev_cells = {group_key(c): c for c in store.cells(prev_row.id)}
     for c in store.cells(curr_row.id):
-        key = cell_key(c.study_name)
+        key = group_key(c)
         if key not in prev_cells:
             continue
         prev_t = store.trial_points(prev_cells[key].id)

@@ -21,19 +21,23 @@ def interval_text(ci: list, censored: str = "not reached") -> str:
     return f"[{lo:,.0f}, {hi:,.0f}]" if hi is not None else f"[{lo:,.0f}, {censored}]"
 
 
-def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT) -> list[dict]:
+def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT,
+                  cell_id: int | None = None) -> list[dict]:
     """One row per (cell, ε): N* with its interval, the trial and its config, or the
     censored point.
 
     ``n_star_ci`` is the 95% interval of N* (``sweeps.frontier.frontier_intervals``:
     whole trials and seed replicas resampled; it contains the point); None for a
-    bound that is "not reached" in the resamples.
+    bound that is "not reached" in the resamples. ``cell_id``: that cell's rows only
+    (the other cells' bootstraps are not paid for).
     """
     row = store.sweep(sweep)
     if row is None:
         raise UserError("SWEEP", f"no sweep named {sweep!r} in the results store")
     out = []
     for cell in store.cells(row.id):
+        if cell_id is not None and cell.id != cell_id:
+            continue
         rows = store.trials(cell.id)
         trials = {t.number: t for t in rows}
         ref = (cell.reference or {}).get("affine", {})
@@ -51,12 +55,15 @@ def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT) -> list[
                 "n_eff": (t.result or {}).get("n_params_eff") if t is not None else None,
                 "trial": p.trial_number,
                 "err_ucb": t.err_ucb if t is not None else None,
+                # inference FLOPs per sample of the N* model (FlowAR: at this setting)
+                "flops": t.flops if t is not None else None,
                 "best_err": p.best_err, "max_n_tried": p.max_n_tried, "n_trials": p.n_trials,
                 "affine_err": ref.get("err_ucb"),
                 "lipschitz_emp": (cell.reference or {}).get("lipschitz", {}).get("empirical"),
                 "config": {k: cfg.get(k) for k in ("width", "scales", "interp", "heads", "depth",
-                                                    "ffn_ratio", "flow_steps", "flow_source",
-                                                    "lr", "replicas")} if cfg else {},
+                                                    "ffn_ratio", "flow_steps", "flow_solver",
+                                                    "flow_source", "lr", "replicas")}
+                if cfg else {},
             })
     return out
 
@@ -72,6 +79,7 @@ def sweep_status(store: ResultsView, sweep: str | None) -> list[dict]:
             trials = store.trials(cell.id)
             out.append({
                 "sweep": s.name, "status": s.status, "cell": cell.study_name,
+                "model": cell.variant,  # a FlowAR cell's names its inference setting
                 "done": len(trials), "planned": planned,
                 "failed": sum(t.status == "failed" for t in trials),  # pruned is not failed
             })

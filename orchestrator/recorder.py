@@ -31,6 +31,7 @@ from varbench.orchestrator.settings import Settings, check_workdir
 from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url, sqlite_path
 from varbench.orchestrator.tracking import TRIAL_TAG, Tracker, git_commit, source_tags
 from varbench.sweeps.frontier import FrontierPoint, frontier, frontier_intervals
+from varbench.sweeps.inference import setting_cell_name, setting_label, setting_result
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 
 T = TypeVar("T")
@@ -70,6 +71,8 @@ class Recorder:
         self.lease: Lease | None = None
         self.spec: SweepSpec | None = None
         self._cells: dict[int, tuple[str, str]] = {}  # cell id -> (study, parent run id)
+        # a FlowAR study's cell id -> its other inference settings' (setting, cell id)
+        self._settings: dict[int, list[tuple[str, int]]] = {}
         self._names: dict[str, str] = {}  # study -> run-name prefix
         self._open: dict[tuple[str, int], str] = {}  # (study, number) -> RUNNING run id
         self._last_front: dict[int, list[FrontierPoint]] = {}
@@ -129,46 +132,98 @@ class Recorder:
         return self.sweep_id
 
     def open_cell(self, study: str, variant: ModelVariant, target: str, lipschitz: float,
-                  space: dict | None = None) -> int:
+                  space: dict | None = None, setting: str | None = None) -> int:
         """The cell's row and its MLflow parent run: the cell, budget and search space as
-        params, a description, the spec as YAML."""
+        params, a description, the spec as YAML. ``setting``: a FlowAR study's own
+        inference setting ("steps:solver"), which its row is labelled with."""
         spec = self.spec
-        cell_id = self.store.upsert_cell(self.sweep_id, study, variant.label, variant.family,
+        label = setting_label(variant.label, setting) if setting else variant.label
+        cell_id = self.store.upsert_cell(self.sweep_id, study, label, variant.family,
                                          target, lipschitz)
-        parent = self.tracker.parent_run(
-            study,
-            {"varbench.sweep": self.sweep, "varbench.cell": study, "git.commit": self.commit,
-             "varbench.variant": variant.label, "varbench.target": target,
-             "varbench.lipschitz": f"{lipschitz:g}", "varbench.spec_hash": spec.spec_hash(),
-             "mlflow.note.content": _parent_note(spec, variant, target, lipschitz),
-             **({"varbench.flow_source": variant.flow_source} if variant.family == "flowar" else {}),
-             **source_tags(self.commit), **self.tags},
-            name=f"{variant.label} · {target} · L={lipschitz:g}",
-            params=_parent_params(spec, variant, target, lipschitz, space or {}))
-        self._cells[cell_id] = (study, parent)
+        self._open_parent(cell_id, study, variant, target, lipschitz, space or {}, label,
+                          setting, study)
         parts = ([variant.label] if len(spec.cells.models) > 1 else []) + (
             [target] if len(spec.cells.targets) > 1 else [])
         self._names[study] = "".join(f"{p} · " for p in parts)  # unique names in the sweep
+        return cell_id
+
+    def open_setting_cells(self, cell_id: int, study: str, variant: ModelVariant, target: str,
+                           lipschitz: float, settings: list[str],
+                           space: dict | None = None) -> dict[str, tuple[int, str]]:
+        """One more cell (row and parent run) per further inference setting of a FlowAR
+        study (``sweeps.inference``): the study's trials scored at that setting.
+        Returns setting -> (cell id, cell name)."""
+        out = {}
+        primary = next((c for c in self.store.cells(self.sweep_id) if c.id == cell_id), None)
+        for key in settings:
+            name = setting_cell_name(self.sweep, variant.label, key, target, lipschitz)
+            label = setting_label(variant.label, key)
+            cid = self.store.upsert_cell(self.sweep_id, name, label, variant.family, target,
+                                         lipschitz)
+            if primary is not None and primary.reference:  # a resume: the cell's own
+                self.store.set_cell_fields(cid, reference=primary.reference)
+            self._open_parent(cid, name, variant, target, lipschitz, space or {}, label, key,
+                              study)
+            out[key] = (cid, name)
+        self._settings[cell_id] = [(k, cid) for k, (cid, _) in out.items()]
+        return out
+
+    def _open_parent(self, cell_id: int, name: str, variant: ModelVariant, target: str,
+                     lipschitz: float, space: dict, label: str, setting: str | None,
+                     study: str) -> None:
+        spec = self.spec
+        flow = {"varbench.flow_source": variant.flow_source, "varbench.optuna_study": study,
+                **({"varbench.flow_setting": setting} if setting else {})
+                } if variant.family == "flowar" else {}
+        parent = self.tracker.parent_run(
+            name,
+            {"varbench.sweep": self.sweep, "varbench.cell": name, "git.commit": self.commit,
+             "varbench.variant": label, "varbench.target": target,
+             "varbench.lipschitz": f"{lipschitz:g}", "varbench.spec_hash": spec.spec_hash(),
+             "mlflow.note.content": _parent_note(spec, variant, target, lipschitz, label,
+                                                 setting, study if name != study else None),
+             **flow, **source_tags(self.commit), **self.tags},
+            name=f"{label} · {target} · L={lipschitz:g}",
+            params=_parent_params(spec, variant, target, lipschitz, space, setting))
+        self._cells[cell_id] = (name, parent)
         self.tracker.log_text(parent, yaml.safe_dump(spec.model_dump(mode="json"),
                                                      sort_keys=False), "spec.yaml")
-        return cell_id
 
     def cells_without_reference(self) -> set[int]:
         return {row.id for row in self.store.cells(self.sweep_id) if not row.reference}
 
     def record_reference(self, cell_id: int, study: str, ref: dict) -> None:
-        self.store.set_cell_fields(cell_id, reference=ref)
+        """The cell's reference errors, on its row and parent run, and on those of
+        its other inference settings (the same cell, another way to run the model)."""
         metrics = {f"reference.{k}.err_ucb": v["err_ucb"] for k, v in ref.items()
                    if "err_ucb" in v}
         if "lipschitz" in ref:
             metrics["lipschitz_emp"] = ref["lipschitz"]["empirical"]
-        self.tracker.log_parent_metrics(study, metrics)
+        for cid in (cell_id, *(c for _, c in self._settings.get(cell_id, []))):
+            self.store.set_cell_fields(cid, reference=ref)
+            self.tracker.log_parent_metrics(self._cells[cid][0] if cid in self._cells
+                                            else study, metrics)
 
     # --- trials: lifecycle hooks ---------------------------------------------------
 
     def record_trial(self, cell_id: int, number: int, result: dict) -> bool:
-        """The trial's row, once; False (and no write) if it is already there."""
-        return self.store.record_trial(cell_id, number, result)
+        """The trial's row, once; False (and no write) if it is already there. A FlowAR
+        trial's rows at its other inference settings go in the same transaction."""
+        return self.store.record_trial(cell_id, number, result,
+                                       also=self._setting_rows(cell_id, result))
+
+    def _setting_rows(self, cell_id: int, result: dict) -> list[tuple[int, dict]]:
+        rows = [(cid, setting_result(result, key)) for key, cid in self._settings.get(cell_id, [])]
+        return [(cid, r) for cid, r in rows if r is not None]
+
+    def fill_settings(self, cell_id: int) -> int:
+        """Resume: a FlowAR study's recorded trials get the setting rows they lack (a
+        store written before the settings existed); none is written twice."""
+        if not self._settings.get(cell_id):
+            return 0
+        rows = [(cid, t.number, r, t.mlflow_run_id) for t in self.store.trials(cell_id)
+                for cid, r in self._setting_rows(cell_id, t.result or {})]
+        return self.store.fill_trials(rows) if rows else 0
 
     def start_trial(self, study: str, number: int, cfg: dict, space: dict) -> str:
         """The trial's child run, RUNNING from the moment it is handed to a worker:
@@ -199,7 +254,8 @@ class Recorder:
             run_id = self.tracker.find_trial_run(study, number)
             if run_id is not None and recovering:
                 if self.tracker.client.get_run(run_id).info.status != "RUNNING":
-                    self.store.set_trial_run_id(cell_id, number, run_id)  # only the link was lost
+                    self.store.set_trial_run_id(cell_id, number, run_id,  # only the link
+                                                also=self._setting_ids(cell_id))  # was lost
                     return run_id
             if run_id is None:
                 run_id = self.start_trial(study, number, result.get("config") or {}, {})
@@ -208,6 +264,7 @@ class Recorder:
         metrics += [(f"reached.{float(e):g}", float(ok), 0)
                     for e, ok in (result.get("reached") or {}).items()]
         metrics += _curve_metrics(result)
+        metrics += _flow_metrics(result)
         self.tracker.log(run_id, metrics=metrics, tags={
             "varbench.status": result.get("status", ""), "varbench.reason": result.get("reason", "")})
         if result.get("curves"):
@@ -217,8 +274,11 @@ class Recorder:
         # a pruned trial ended as designed: FINISHED, its status tag says pruned
         self.end_trial(study, number, "FAILED" if result.get("status") == "failed"
                        else "FINISHED")
-        self.store.set_trial_run_id(cell_id, number, run_id)
+        self.store.set_trial_run_id(cell_id, number, run_id, also=self._setting_ids(cell_id))
         return run_id
+
+    def _setting_ids(self, cell_id: int) -> list[int]:
+        return [cid for _, cid in self._settings.get(cell_id, [])]
 
     def end_trial(self, study: str, number: int, status: str, reason: str = "") -> None:
         """End the trial's run now: FINISHED, FAILED or KILLED (``reason`` as a tag)."""
@@ -276,7 +336,7 @@ class Recorder:
         metrics += [("frontier.best_err_ucb", best, step),
                     ("frontier.eps_reached", sum(p.reached for p in points), step)]
         self.tracker.log(parent, metrics=metrics)
-        rows = [r for r in frontier_rows(self.store, self.sweep) if r["cell"] == study]
+        rows = frontier_rows(self.store, self.sweep, cell_id=cell_id)
         self.tracker.log_dict(parent, rows, "frontier.json")
         self.tracker.log_text(parent, "\n".join([
             f"# Frontier N*(ε) of {study}", "", NSTAR_NOTE, "", *frontier_markdown(rows)]) + "\n",
@@ -308,7 +368,7 @@ class Recorder:
         self._publish_plots()
         if status == "completed":
             self.log_frontier_intervals()
-            for study in studies:
+            for study in dict.fromkeys([*studies, *(n for n, _ in self._cells.values())]):
                 self.tracker.finish_parent(study)
 
     def log_frontier_intervals(self) -> None:
@@ -344,8 +404,11 @@ def _config_label(cfg: dict, space: dict) -> str:
     """``d=8 K=2 bicubic``, plus every other searched value (``h=2``, ``lr=0.003``)."""
     short = {"heads": "h", "depth": "depth", "ffn_ratio": "r", "flow_steps": "steps", "lr": "lr"}
     out = [f"d={cfg.get('width')}", f"K={cfg.get('scales')}", str(cfg.get("interp"))]
+    if cfg.get("flow_evals"):  # one training, scored at each inference setting
+        out.append(f"flow@{','.join(cfg['flow_evals'])}")
     for k, label in short.items():
-        if k in space or (k == "flow_steps" and cfg.get("model") == "flowar"):
+        if k in space or (k == "flow_steps" and cfg.get("model") == "flowar"
+                          and not cfg.get("flow_evals")):
             v = cfg.get(k)
             out.append(f"{label}={v:.2g}" if isinstance(v, float) else f"{label}={v}")
     return " ".join(out)
@@ -369,8 +432,18 @@ def _curve_metrics(result: dict) -> list[tuple[str, float, int]]:
     return out
 
 
+def _flow_metrics(result: dict) -> list[tuple[str, float, int]]:
+    """A FlowAR trial at each inference setting: ``flow.<steps>_<solver>.err_ucb`` (and
+    err, rel_err, flops), on the one run of its one training."""
+    out = []
+    for e in result.get("flow_evals") or []:
+        prefix = f"flow.{e['flow_steps']}_{e['flow_solver']}."
+        out += [(prefix + k, e.get(k), 0) for k in ("err", "err_ucb", "rel_err", "flops")]
+    return out
+
+
 def _parent_params(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float,
-                   space: dict) -> dict:
+                   space: dict, setting: str | None = None) -> dict:
     """The study's cell, budget and search space, as flat params."""
     out = {"sweep": spec.name, "variant": variant.label, "family": variant.family,
            "target": target, "lipschitz": lipschitz,
@@ -380,6 +453,10 @@ def _parent_params(spec: SweepSpec, variant: ModelVariant, target: str, lipschit
     out.update({f"budget.{k}": v for k, v in spec.budget.model_dump().items()})
     out.update({f"variant.{k}": v for k, v in variant.model_dump().items() if k != "name"})
     out.update({f"search.{k}": _describe(d) for k, d in space.items()})
+    if setting:
+        out["flow_setting"] = setting
+        out["flow_settings"] = ",".join(f"{k}:{s}" for k in spec.search.flow_steps
+                                        for s in spec.search.flow_solvers)
     return out
 
 
@@ -391,9 +468,21 @@ def _describe(dist) -> str:
     return f"{kind} {dist.low:g}..{dist.high:g}" + (" log" if getattr(dist, "log", False) else "")
 
 
-def _parent_note(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float) -> str:
+def _parent_note(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float,
+                 label: str | None = None, setting: str | None = None,
+                 trained_in: str | None = None) -> str:
     c, b = spec.cells, spec.budget
-    return (f"**{variant.label}** ({variant.family}) on the **{target}** target with "
+    flow = ""
+    if setting:
+        steps, _, solver = setting.partition(":")
+        flow = (f"\n\nInference setting: {steps} {solver} step(s) per scale. Each FlowAR "
+                "trial trains once and is scored at every setting of the spec; each "
+                "setting is its own frontier. " + (
+                    f"These trials are those of the study {trained_in}, scored at this "
+                    "setting; their runs are that study's child runs." if trained_in else
+                    "This is the study's own setting (the cheapest), which early stopping "
+                    "monitors; its child runs carry every setting's metrics (flow.*)."))
+    return (f"**{label or variant.label}** ({variant.family}) on the **{target}** target with "
             f"Lipschitz constant L = {lipschitz:g}: {c.channels} channel(s), "
             f"{c.s_first}×{c.s_first} → {c.s_last}×{c.s_last}, {c.inputs} inputs.\n\n"
             f"Budget per trial: {b.steps} steps of {b.batch_size} fresh inputs, lr {b.lr:g} "
@@ -401,4 +490,4 @@ def _parent_note(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz:
             f"err_p (p = {b.p:g}) on {b.n_eval} fresh inputs, {b.replicas} seed(s) per trial. "
             f"ε grid: {', '.join(f'{e:g}' for e in spec.eps)}; {spec.trials} trials, "
             f"{spec.sampler} sampler.\n\n{NSTAR_NOTE} Child runs: one per trial, with its "
-            f"learning curves (loss, monitor.err_ucb, lr).")
+            f"learning curves (loss, monitor.err_ucb, lr).{flow}")

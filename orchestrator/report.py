@@ -267,7 +267,9 @@ def frontier_markdown(rows: list[dict]) -> list[str]:
         if r["reached"]:
             cfg = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
             if r["family"] == "flowar":
-                cfg += f" steps={c.get('flow_steps')} source={c.get('flow_source') or 'interp'}"
+                cfg += (f" steps={c.get('flow_steps')} {c.get('flow_solver') or 'euler'} "
+                        f"source={c.get('flow_source') or 'interp'} "
+                        f"FLOPs={r.get('flops') or 0:,}")
             n_eff = f"{r['n_eff']:,}" if r.get("n_eff") else "-"
             lines.append(f"| {r['variant']} | {r['target']} | {r['lipschitz']:g} | {r['eps']:g} | "
                          f"{r['n_star']:,} | {ci} | {n_eff} | {r['trial']} | {_fmt(r['err_ucb'])} | "

@@ -544,30 +544,38 @@ class ResultsStore(ResultsView):
                 setattr(row, k, v)
         return self._run(work)
 
-    def record_trial(self, cell_id: int, number: int, result: dict) -> bool:
-        """Insert a trial's result once; False (and no write) if it is already there."""
+    def record_trial(self, cell_id: int, number: int, result: dict,
+                     also: list[tuple[int, dict]] = ()) -> bool:
+        """Insert a trial's result once; False (and no write) if it is already there.
+
+        ``also``: (cell, result) rows of the same trial number in other cells (a
+        FlowAR trial scored at its other inference settings, ``sweeps.inference``),
+        each inserted in the same transaction unless already there.
+        """
         def work(s: Session):
-            exists = s.scalar(select(TrialRow.id).where(
-                TrialRow.cell_id == cell_id, TrialRow.number == number))
-            if exists is not None:
-                return False
-            s.add(TrialRow(
-                cell_id=cell_id, number=number, status=result["status"],
-                reason=result.get("reason", ""), config=_json_safe(result.get("config", {})),
-                n_params=result.get("n_params", 0), flops=result.get("flops", 0),
-                width=result.get("width", 0), err=result.get("err"),
-                err_ucb=result.get("err_ucb"), rel_err=result.get("rel_err"),
-                steps_run=result.get("steps_run", 0), seconds=result.get("seconds", 0.0),
-                result=_json_safe(result),
-            ))
-            return True
+            new = _insert_trial(s, cell_id, number, result)
+            for other, res in also:
+                _insert_trial(s, other, number, res)
+            return new
         return self._run(work)
 
-    def set_trial_run_id(self, cell_id: int, number: int, run_id: str) -> None:
+    def fill_trials(self, rows: list[tuple[int, int, dict, str | None]]) -> int:
+        """Insert (cell, number, result, MLflow run id) rows not there yet, in one
+        transaction; how many were new (a resume deriving missing setting rows)."""
         def work(s: Session):
-            row = s.scalar(select(TrialRow).where(
-                TrialRow.cell_id == cell_id, TrialRow.number == number))
-            row.mlflow_run_id = run_id
+            return sum(_insert_trial(s, c, n, res, run_id) for c, n, res, run_id in rows)
+        return self._run(work)
+
+    def set_trial_run_id(self, cell_id: int, number: int, run_id: str,
+                         also: list[int] = ()) -> None:
+        """The trial's MLflow run id on its row and, for ``also``'s cells, on the row
+        of the same number where there is one (the same training, another setting)."""
+        def work(s: Session):
+            for c in (cell_id, *also):
+                row = s.scalar(select(TrialRow).where(
+                    TrialRow.cell_id == c, TrialRow.number == number))
+                if row is not None:
+                    row.mlflow_run_id = run_id
         return self._run(work)
 
     def replace_frontier(self, cell_id: int, points: list[FrontierPoint]) -> None:
@@ -588,6 +596,26 @@ class ResultsStore(ResultsView):
             row.regression, row.comparison = regression, _json_safe(comparison)
         return self._run(work)
 
+
+
+def _insert_trial(s: Session, cell_id: int, number: int, result: dict,
+                  run_id: str | None = None) -> bool:
+    """One trial row unless (cell, number) is there already; whether it was new."""
+    exists = s.scalar(select(TrialRow.id).where(
+        TrialRow.cell_id == cell_id, TrialRow.number == number))
+    if exists is not None:
+        return False
+    s.add(TrialRow(
+        cell_id=cell_id, number=number, status=result["status"],
+        reason=result.get("reason", ""), config=_json_safe(result.get("config", {})),
+        n_params=result.get("n_params", 0), flops=result.get("flops", 0),
+        width=result.get("width", 0), err=result.get("err"),
+        err_ucb=result.get("err_ucb"), rel_err=result.get("rel_err"),
+        steps_run=result.get("steps_run", 0), seconds=result.get("seconds", 0.0),
+        result=_json_safe(result), mlflow_run_id=run_id,
+    ))
+    s.flush()
+    return True
 
 
 def _json_safe(value):

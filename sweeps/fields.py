@@ -87,6 +87,7 @@ TargetName = Name(TARGETS, "target family")
 InputDist = Name(INPUTS, "input distribution")
 Interp = Name(INTERPOLATIONS, "interpolation")
 FlowSteps = Annotated[int, Field(ge=1, le=1024)]
+FlowSolver = Name(SOLVERS, "flow solver")
 BatchSize = Annotated[int, Field(ge=1, le=65536)]
 Count0 = Annotated[int, Field(ge=0, le=1_000_000)]
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -111,7 +112,7 @@ TYPES: dict[str, Any] = {
     "pos": Name(POS_CODES, "position code"),
     "init": Name(INITS, "initialisation"),
     "flow_steps": FlowSteps,
-    "flow_solver": Name(SOLVERS, "flow solver"),
+    "flow_solver": FlowSolver,
     "flow_source": Name(SOURCES, "flow source"),
     "flow_sigma": PosFloat,
     "flow_head": Name(HEADS, "flow head"),

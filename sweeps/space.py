@@ -13,7 +13,7 @@ from optuna.distributions import (
 
 from varbench.models.interp import canonical_interp, distinct_interps
 from varbench.models.schedule import scale_schedule
-from varbench.sweeps.fields import DEFAULTS
+from varbench.sweeps.inference import cheapest, parse_key, settings_of
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 
@@ -22,7 +22,11 @@ FIXED = ("init", "flow_source", "flow_sigma", "flow_head")  # set per variant, n
 
 
 def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistribution]:
-    """Distributions for one study: width, K, interpolation, and what the spec opens."""
+    """Distributions for one study: width, K, interpolation, and what the spec opens.
+
+    FlowAR's flow_steps and solver are not here: they change inference only, so
+    every trained FlowAR is scored at each of them instead (``flow_settings``).
+    """
     s = spec.search
     k_lo, k_hi = spec.scale_range()
     space: dict[str, BaseDistribution] = {
@@ -30,8 +34,6 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
         "scales": IntDistribution(k_lo, k_hi),
         "interp": CategoricalDistribution(interp_choices(spec)),
     }
-    if variant.family == "flowar":
-        space["flow_steps"] = CategoricalDistribution(list(s.flow_steps))
     if s.lr is not None:
         space["lr"] = FloatDistribution(s.lr.low, s.lr.high, log=s.lr.log)
     for name in OPENABLE:
@@ -39,6 +41,12 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
         if isinstance(value, list):
             space[name] = CategoricalDistribution(list(value))
     return space
+
+
+def flow_settings(spec: SweepSpec) -> list[str]:
+    """FlowAR's inference settings ("steps:solver"), cheapest first: each trained
+    model is scored at all of them, and each is its own frontier."""
+    return settings_of(list(spec.search.flow_steps), list(spec.search.flow_solvers))
 
 
 def _schedules(spec: SweepSpec) -> list[list[int]]:
@@ -78,8 +86,15 @@ def trial_config(
         sides = scale_schedule(spec.cells.s_first, spec.cells.s_last, int(chosen["scales"]))
         chosen["interp"] = canonical_interp(chosen["interp"], interp_choices(spec), sides)
     chosen["width"] = max(heads, int(round(params["width"] / heads)) * heads)
-    if variant.family == "flowar":  # every searched step count, on the same trained weights
-        chosen["flow_evals"] = tuple(f"{k}:{DEFAULTS.flow_solver}" for k in spec.search.flow_steps)
+    if variant.family == "flowar":  # every inference setting, on the same trained weights
+        keys = flow_settings(spec)
+        chosen["flow_evals"] = tuple(keys)
+        # The trial's own setting, which the early stop monitors, is the cheapest: the
+        # stop fires once the monitor reaches the smallest ε, and the fewest flow steps
+        # are (as a rule) the least accurate setting, so training goes on until even
+        # the cheapest setting that is recorded as a frontier point has reached it; no
+        # setting is cut short for another's sake. Each monitor pass is cheapest too.
+        chosen["flow_steps"], chosen["flow_solver"] = parse_key(cheapest(keys))
     return TrialConfig(
         model=variant.family, target=target, lipschitz=float(lipschitz),
         **spec.cells.settings(), **spec.budget.model_dump(), **chosen, eps=tuple(spec.eps), seed=seed,

@@ -26,6 +26,7 @@ from varbench.sweeps.fields import (
     Count0,
     EpsGrid,
     Family,
+    FlowSolver,
     FlowSteps,
     InputDist,
     Interp,
@@ -165,8 +166,12 @@ class SearchSpace(Strict):
     scales: IntRange | None = None  # default: 2 .. the largest K for the sides
     interp: list[Interp] = Field(default_factory=lambda: sorted(INTERPOLATIONS),
                                       min_length=1)
+    # FlowAR inference settings (never searched: every trained FlowAR is scored at each
+    # steps x solver, and each is its own frontier; sweeps.inference)
     flow_steps: list[FlowSteps] = Field(default_factory=lambda: [1, 2, 4, 8],
-                                              min_length=1)
+                                              min_length=1, max_length=16)
+    flow_solvers: list[FlowSolver] = Field(default_factory=lambda: [DEFAULTS.flow_solver],
+                                           min_length=1)
     lr: FloatRange | None = None  # None: the budget's lr, not searched
 
 

@@ -194,7 +194,8 @@ class TrialResult:
     # learning curves, one per replica (``Curve.to_dict``): the trial's own first
     curves: list[dict] = field(default_factory=list)
     # FlowAR: the trained model at each of cfg.flow_evals, each {flow_steps, flow_solver,
-    # err, err_ucb, rel_err, flops, reached} (one training, several inference settings)
+    # err, err_ucb, rel_err, flops, reached} (one training, several inference settings;
+    # with replicas, the best replica at each setting and every replica's replica_err_ucb)
     flow_evals: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 

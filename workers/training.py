@@ -224,7 +224,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     with matmul_precision(cfg.matmul_precision):
         finish(result, model, target, cfg, device)
     if result.status == "completed" and cfg.flow_evals and cfg.model == "flowar":
-        result.flow_evals = evaluate_flow_settings(model, target, cfg, device)
+        result.flow_evals = evaluate_flow_settings(model, target, cfg, device, result)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -262,19 +262,27 @@ def parse_flow_eval(text: str) -> tuple[int, str]:
     return int(steps), solver
 
 
-def evaluate_flow_settings(model: nn.Module, target, cfg: TrialConfig, device) -> list[dict]:
+def evaluate_flow_settings(model: nn.Module, target, cfg: TrialConfig, device,
+                           own: TrialResult | None = None) -> list[dict]:
     """The trained FlowAR at each (steps, solver) of ``cfg.flow_evals``: inference-only
-    settings, so no retraining; each with its own inference FLOPs."""
-    own = (model.flow_steps, model.flow_solver)
+    settings, so no retraining; each with its own inference FLOPs. The model's own
+    setting reuses ``own`` (the trial's evaluation): the same number, not a second draw
+    of the same computation."""
+    mine = (model.flow_steps, model.flow_solver)
     out = []
     try:
         for text in cfg.flow_evals:
             model.flow_steps, model.flow_solver = parse_flow_eval(text)
+            if own is not None and (model.flow_steps, model.flow_solver) == mine:
+                out.append({"flow_steps": model.flow_steps, "flow_solver": model.flow_solver,
+                            "err": own.err, "err_ucb": own.err_ucb, "rel_err": own.rel_err,
+                            "flops": own.flops, "reached": dict(own.reached)})
+                continue
             est = evaluate(model, target, cfg, device)
             out.append({"flow_steps": model.flow_steps, "flow_solver": model.flow_solver,
                         "err": est.err, "err_ucb": est.err_ucb, "rel_err": est.rel_err,
                         "flops": model.flops_per_sample(),
                         "reached": {repr(float(e)): est.err_ucb <= e for e in cfg.eps}})
     finally:
-        model.flow_steps, model.flow_solver = own
+        model.flow_steps, model.flow_solver = mine
     return out

@@ -33,4 +33,21 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     best.curves = [c for r in results for c in r.curves]  # one per replica, in replica order
     best.seconds = sum(r.seconds for r in results)
     best.config = cfg.to_dict()
+    best.flow_evals = _best_per_setting(results)
     return best
+
+
+def _best_per_setting(results: list[TrialResult]) -> list[dict]:
+    """FlowAR replicas scored at each inference setting: the trial's figure at a setting
+    is its best replica there (as its own err is the best replica's), with every
+    replica's err_ucb beside it."""
+    scored = [r for r in results if r.status == "completed" and r.flow_evals]
+    if not scored:
+        return []
+    out = []
+    for i in range(len(scored[0].flow_evals)):
+        best = min((r.flow_evals[i] for r in scored), key=lambda e: e["err_ucb"])
+        out.append({**best, "replica_err_ucb": [
+            r.flow_evals[i]["err_ucb"] if r.status == "completed" and r.flow_evals else None
+            for r in results]})
+    return out
