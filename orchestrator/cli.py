@@ -264,8 +264,9 @@ def run(
         done = f"{outcome.trials_recorded} trials recorded" if outcome else "stopped during set-up"
         typer.echo(f"interrupted: {done}; resume with: {again}", err=True)
         raise typer.Exit(130)
-    console.print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
-                  f"{outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
+    checks = f", {outcome.checks_run} convergence-check trials" if outcome.checks_run else ""
+    console.print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded{checks} "
+                  f"in {outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
     _print_frontier(_frontier(settings.db_url, sweep.name))
 
 
@@ -327,16 +328,24 @@ def _print_frontier(rows: list[dict]) -> None:
     (`frontier --json`) and the report carry every field, effective N included."""
     from rich import box
 
-    from varbench.orchestrator.queries import interval_text
+    from varbench.orchestrator.queries import interval_text, recipe_text
 
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["variant"], r["target"]), []).append(r)
-    for (variant, target), group in groups.items():
-        table = Table(title=f"{variant} · {target}: N*(ε, L), the smallest N with err_ucb ≤ ε",
-                      caption="n.r.: not reached under this budget (censored)",
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:  # one table per budget too: results at two budgets never share one
+        groups.setdefault((r["variant"], r["target"], r.get("steps")), []).append(r)
+    several = len({k[2] for k in groups}) > 1
+    mark = {True: "yes", False: "no", None: "-"}
+    for (variant, target, steps), group in groups.items():
+        at = f" · {steps} steps" if several else ""
+        factor = next((r["check"]["factor"] for r in group if r.get("check")), 2)
+        table = Table(title=f"{variant} · {target}{at}: N*(ε, L), the smallest N with "
+                            "err_ucb ≤ ε under this training budget",
+                      caption=f"recipe: {recipe_text(group[0].get('recipe') or {})}\n"
+                              "n.r.: not reached under this budget (censored); converged: "
+                              f"yes / no (N* still moves at {factor}x the budget) / - (unchecked)",
                       box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
-        for col in ("L", "ε", "N*", "95% interval", "trial", "err_ucb", "config / censored"):
+        for col in ("L", "ε", "N*", "95% interval", "trial", "err_ucb", "converged",
+                    "config / censored"):
             table.add_column(col, justify="left" if col == "config / censored" else "right")
         for r in group:
             if r["reached"]:
@@ -346,10 +355,10 @@ def _print_frontier(rows: list[dict]) -> None:
                     extra += f" steps={c.get('flow_steps')} {c.get('flow_source') or 'interp'}"
                 table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", f"{r['n_star']:,}",
                               interval_text(r["n_star_ci"], "n.r."), str(r["trial"]),
-                              _fmt(r["err_ucb"]), extra)
+                              _fmt(r["err_ucb"]), mark[r.get("converged")], extra)
             else:
                 table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", "n.r.",
-                              interval_text(r["n_star_ci"], "n.r."), "-", "-",
+                              interval_text(r["n_star_ci"], "n.r."), "-", "-", "-",
                               f"best {_fmt(r['best_err'])}, N ≤ {r['max_n_tried'] or 0:,}")
         console.print(table)
 

@@ -67,6 +67,10 @@ class TrialConfig:
     # on quick.yaml it stopped the one trial that went on to set N* at ε = 0.035 (README)
     prune: bool = False
     bar: float | None = None  # the error it must beat to matter; the driver sets it
+    # hand back the trained state (``TrialResult.checkpoint``) even when the trial ended
+    # for good, so the driver can keep it and continue the trial at a larger budget
+    # (convergence checks, multi-fidelity); such a trial trains alone, never in a population
+    keep_checkpoint: bool = False
     backend: str = _MODEL.backend
     device: str = "auto"
 
@@ -181,6 +185,9 @@ class TrialResult:
     # err, err_ucb, rel_err, flops, reached} (one training, several inference settings)
     flow_evals: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    # the training recipe the result is conditional on (``workers.training.recipe``):
+    # steps planned and run, batch size, lr and its schedule, where a continuation began
+    recipe: dict = field(default_factory=dict)
 
     # a paused trial's state (workers.training.train_one); bytes, never in the stores
     checkpoint: bytes | None = field(default=None, repr=False)

@@ -35,6 +35,7 @@ from varbench.workers.training import (
     lr_factor,
     monitor_batch,
     non_finite,
+    recipe,
     resolve_device,
     stream,
     train_one,
@@ -252,7 +253,7 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
     for i, c in enumerate(cfgs):
         res = TrialResult(status=status[i], reason=reason[i], n_params=n_params,
                           n_params_eff=n_eff, flops=flops,
-                          width=c.width, device=str(device), config=c.to_dict(), population=r,
+                          width=c.width, device=str(device), config=c.to_dict(), recipe=recipe(c), population=r,
                           steps_run=steps_run[i], monitor_err=monitor[i],
                           pruned_at=rules[i].fired_at,
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)
