@@ -244,6 +244,7 @@ def run(
     workdir: WorkOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
     wait_lock: Annotated[bool, typer.Option("--wait-lock", help="If another driver runs this sweep, wait for it to end instead of refusing.")] = False,
+    check: Annotated[bool | None, typer.Option("--check/--no-check", help="Turn the convergence check (retrain each frontier point at check.factor x the budget) on or off, whatever the spec says; the same sweep resumes either way.")] = None,
 ) -> None:
     """Run a sweep (or resume it) and print its frontier."""
     from varbench.orchestrator.driver import Driver
@@ -251,6 +252,9 @@ def run(
     from varbench.sweeps.spec import load_spec
 
     sweep = load_spec(spec)
+    if check is not None:  # the check section is not part of the spec hash: it resumes
+        sweep = sweep.model_copy(update={"check": sweep.check.model_copy(
+            update={"enabled": check})})
     settings = resolve_settings(workdir, db, tracking, sweep.storage, sweep.tracking)
     driver = Driver(sweep, settings, address, wait_lock=wait_lock,
                     on_wait=lambda line: typer.echo(line, err=True))

@@ -120,7 +120,7 @@ class Driver:
         self._restore_sigint: Callable[[], None] | None = None
         self._checked = False
         self._sizes: dict[tuple, int] = {}  # N per shape, for the bars
-        self._checks_inflight: dict[ray.ObjectRef, tuple[Cell, str, int, dict]] = {}
+        self._checks_inflight: dict[ray.ObjectRef, tuple[Cell, str, int, dict, str]] = {}
         # where the trials train: one population task per GPU when the spec asks for GPUs
         self.device_type = "cuda" if spec.resources.gpus > 0 else "cpu"
 
@@ -466,17 +466,15 @@ class Driver:
                                   bar=None, prune=False)
                     cfg = replace(cfg, steps=cfg.steps * factor).to_dict()
                     key = f"{cell.study_name}#{kind}{number}x{factor}"
-                    if kind == FAILING:  # afresh: the same config and seed(s), more steps
-                        ref = trial_task.options(**options).remote(cfg, threads, key)
-                    else:
-                        blob = rec.load_checkpoint((row.result or {}).get("checkpoint"))
-                        if blob is None or cfg["replicas"] > 1:
-                            rec.record_check(cell.cell_id, kind, number, factor, {
-                                "status": "skipped", "config": cfg,
-                                "reason": "no checkpoint kept for this trial"})
-                            continue
+                    blob = (rec.load_checkpoint((row.result or {}).get("checkpoint"))
+                            if kind == REACHING and cfg["replicas"] == 1 else None)
+                    if blob is not None:  # the N* trial, continued from where it ended
                         ref = checkpoint_task.options(**options).remote(cfg, threads, key, blob)
-                    self._checks_inflight[ref] = (cell, kind, number, cfg)
+                    else:  # afresh: the same config and seed(s), more steps (the failing
+                        # neighbour; an N* trial with seed replicas or without a checkpoint)
+                        ref = trial_task.options(**options).remote(cfg, threads, key)
+                    mode = "continued" if blob is not None else "afresh"
+                    self._checks_inflight[ref] = (cell, kind, number, cfg, mode)
         ran, total = 0, len(self._checks_inflight)
         while self._checks_inflight:
             self._check_stop()
@@ -486,9 +484,9 @@ class Driver:
                                 "stopped without recording more")
             ready, _ = ray.wait(list(self._checks_inflight), num_returns=1, timeout=1.0)
             for ref in ready:
-                cell, kind, number, cfg = self._checks_inflight[ref]
+                cell, kind, number, cfg, mode = self._checks_inflight[ref]
                 result, _ = self._collect(ref, [(cell, None, cfg)])[0]
-                rec.record_check(cell.cell_id, kind, number, factor, result)
+                rec.record_check(cell.cell_id, kind, number, factor, {**result, "mode": mode})
                 del self._checks_inflight[ref]
                 ran += 1
                 self.on_progress(Progress(sum(c.done for c in self.cells),

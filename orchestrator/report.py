@@ -66,7 +66,7 @@ def collect(store: ResultsView, sweep: str):
 
 
 def _steps(c) -> int | None:
-    return (c.budget or {}).get("steps")
+    return (getattr(c, "budget", None) or {}).get("steps")
 
 
 def scaling_fits(cells, trials, eps, n_boot: int = N_BOOT, verdicts: dict | None = None,

@@ -9,7 +9,8 @@ distinct N* trial of a cell (several ε may share one), two check trials run at
   seed, only more steps;
 - ``reaching``: the N* trial itself, continued from its checkpoint (not
   restarted), its cosine re-stretched to the new total
-  (``workers.training.lr_factor``).
+  (``workers.training.lr_factor``); retrained afresh at the larger budget
+  where it kept no checkpoint (seed replicas, or recorded before checks).
 
 A point is ``converged`` when the failing check still fails ε (err_ucb > ε)
 and the reaching check's err_ucb moves by less than *its interval*: the
@@ -17,8 +18,7 @@ one-sided 95% margin err_ucb − err of the N* trial's own estimate. Both are
 measured on the same evaluation inputs (the trial's eval stream), so a change
 within that margin is below what the estimate can resolve. Otherwise the
 point is ``budget-limited``. ``unchecked``: no check ran (checks off, a
-censored point, a check trial that failed, or an N* trial without a
-checkpoint). Where no completed trial lies below N*, the reaching check alone
+censored point, or a check trial that failed). Where no completed trial lies below N*, the reaching check alone
 decides.
 """
 

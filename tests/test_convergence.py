@@ -20,6 +20,7 @@ from varbench.orchestrator import driver as driver_mod
 from varbench.orchestrator.cli import app
 from varbench.orchestrator.driver import run_sweep
 from varbench.orchestrator.queries import frontier_rows
+from varbench.orchestrator.report import build_report
 from varbench.orchestrator.settings import resolve_settings
 from varbench.orchestrator.store import ResultsStore
 from varbench.orchestrator.tracking import Tracker
@@ -195,6 +196,15 @@ def test_check_marks_budget_limited_then_converged_and_resume_redoes_nothing(
     r = with_neighbour[0]
     tags = tracker.client.get_run(tracker.parent_run(r["cell"], {})).data.tags
     assert tags[f"varbench.verdict.eps_{r['eps']:g}"] == BUDGET_LIMITED
+    # the report: the verdict per point, the reasons, the recipe, and the fits' note
+    rep = build_report(store, "loose", tmp_path / "report", n_boot=20)
+    md = rep.md_path.read_text()
+    assert "under this training budget" in md and "Recipe: 30 steps" in md
+    assert "budget-limited" in md and "reaches ε at 2x the budget" in md
+    assert all(r["verdict"] != CONVERGED or r["reached"] for r in rep.frontier)
+    pooled = [f for f in rep.fits if f.group.endswith("/ pooled")]
+    dropped = sum(r["verdict"] != CONVERGED for r in reached)  # one (model, target): all
+    assert len(pooled) == 1 and pooled[0].n_dropped == dropped > 0
     # resume: nothing rerun, no check recorded twice
     n_checks = sum(len(store.checks(c.id)) for c in cells)
     before = len(loose.calls)
