@@ -338,18 +338,18 @@ def _print_frontier(rows: list[dict]) -> None:
     for r in rows:  # one table per budget too: results at two budgets never share one
         groups.setdefault((r["variant"], r["target"], r.get("steps")), []).append(r)
     several = len({k[2] for k in groups}) > 1
-    mark = {True: "yes", False: "no", None: "-"}
+    mark = {True: " ✓", False: " ✗", None: ""}  # beside N*: the table stays within 80 columns
     for (variant, target, steps), group in groups.items():
         at = f" · {steps} steps" if several else ""
         factor = next((r["check"]["factor"] for r in group if r.get("check")), 2)
         table = Table(title=f"{variant} · {target}{at}: N*(ε, L), the smallest N with "
                             "err_ucb ≤ ε under this training budget",
                       caption=f"recipe: {recipe_text(group[0].get('recipe') or {})}\n"
-                              "n.r.: not reached under this budget (censored); converged: "
-                              f"yes / no (N* still moves at {factor}x the budget) / - (unchecked)",
+                              "n.r.: not reached under this budget (censored)\n"
+                              f"✓ converged (holds at {factor}x the budget) · ✗ budget-limited "
+                              "· unmarked: unchecked",
                       box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
-        for col in ("L", "ε", "N*", "95% interval", "trial", "err_ucb", "converged",
-                    "config / censored"):
+        for col in ("L", "ε", "N*", "95% interval", "trial", "err_ucb", "config / censored"):
             table.add_column(col, justify="left" if col == "config / censored" else "right")
         for r in group:
             if r["reached"]:
@@ -357,12 +357,13 @@ def _print_frontier(rows: list[dict]) -> None:
                 extra = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
                 if r["family"] == "flowar":
                     extra += f" steps={c.get('flow_steps')} {c.get('flow_source') or 'interp'}"
-                table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", f"{r['n_star']:,}",
+                table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}",
+                              f"{r['n_star']:,}{mark[r.get('converged')]}",
                               interval_text(r["n_star_ci"], "n.r."), str(r["trial"]),
-                              _fmt(r["err_ucb"]), mark[r.get("converged")], extra)
+                              _fmt(r["err_ucb"]), extra)
             else:
                 table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", "n.r.",
-                              interval_text(r["n_star_ci"], "n.r."), "-", "-", "-",
+                              interval_text(r["n_star_ci"], "n.r."), "-", "-",
                               f"best {_fmt(r['best_err'])}, N ≤ {r['max_n_tried'] or 0:,}")
         console.print(table)
 

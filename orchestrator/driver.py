@@ -463,7 +463,7 @@ class Driver:
                     done.add((kind, number))
                     row = rows[number]
                     cfg = replace(TrialConfig.from_dict(row.config), keep_checkpoint=False,
-                                  bar=None, prune=False)
+                                  bar=None, prune=False, early_stop=False)
                     cfg = replace(cfg, steps=cfg.steps * factor).to_dict()
                     key = f"{cell.study_name}#{kind}{number}x{factor}"
                     blob = (rec.load_checkpoint((row.result or {}).get("checkpoint"))

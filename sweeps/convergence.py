@@ -12,6 +12,9 @@ distinct N* trial of a cell (several ε may share one), two check trials run at
   (``workers.training.lr_factor``); retrained afresh at the larger budget
   where it kept no checkpoint (seed replicas, or recorded before checks).
 
+Check trials train their whole budget (no early stop once the smallest ε
+is reached: a stop would hide whether the error still moves).
+
 A point is ``converged`` when the failing check still fails ε (err_ucb > ε)
 and the reaching check's err_ucb moves by less than *its interval*: the
 one-sided 95% margin err_ucb − err of the N* trial's own estimate. Both are

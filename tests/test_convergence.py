@@ -126,6 +126,7 @@ class Planted:
 
     def trial(self, cfg, threads=1, key=""):
         checking = cfg["steps"] > STEPS
+        assert cfg["early_stop"] is not checking  # a check trains its whole budget
         self.calls.append(("fresh-check" if checking else "trial", cfg["width"], cfg["steps"]))
         return self.result(cfg, self.fail_check(1.0 / cfg["width"]) if checking else None)
 
@@ -133,6 +134,7 @@ class Planted:
         if resume is None:  # a main trial that keeps its state
             self.calls.append(("trial", cfg["width"], cfg["steps"]))
             return self.result(cfg), f"state of width {cfg['width']}".encode()
+        assert cfg["early_stop"] is False and not cfg["keep_checkpoint"]
         self.calls.append(("continued", cfg["width"], cfg["steps"]))
         self.resumed.append(resume)
         return self.result(cfg, self.continued(1.0 / cfg["width"])), None

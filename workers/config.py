@@ -67,6 +67,9 @@ class TrialConfig:
     # on quick.yaml it stopped the one trial that went on to set N* at ε = 0.035 (README)
     prune: bool = False
     bar: float | None = None  # the error it must beat to matter; the driver sets it
+    # stop once the monitor shows the smallest ε of the grid reached; a convergence
+    # check trains its whole budget (an early stop would hide whether the error moves)
+    early_stop: bool = True
     # hand back the trained state (``TrialResult.checkpoint``) even when the trial ended
     # for good, so the driver can keep it and continue the trial at a larger budget
     # (convergence checks, multi-fidelity); such a trial trains alone, never in a population

@@ -241,7 +241,7 @@ def _train_stacked(cfgs: list[TrialConfig], device: torch.device) -> list[TrialR
                     continue
                 monitor[i] = error_estimate(pred[i], y_mon[i], c0.p).err_ucb
                 curves[i].monitor_err_ucb.append((step, monitor[i]))
-                if monitor[i] <= eps_min:
+                if c0.early_stop and monitor[i] <= eps_min:
                     active[i] = False  # early stop, exactly as alone
                 elif rules[i].check(step, monitor[i]) and cfgs[i].prune:
                     status[i], reason[i] = "pruned", rules[i].reason

@@ -209,7 +209,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
             model.train()
             curve.monitor_err_ucb.append((step, mon.err_ucb))
             result.monitor_err = mon.err_ucb
-            if mon.err_ucb <= eps_min:
+            if cfg.early_stop and mon.err_ucb <= eps_min:
                 break
             if rule.check(step, mon.err_ucb) and cfg.prune:
                 result.status, result.reason = "pruned", rule.reason
