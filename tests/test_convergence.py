@@ -107,11 +107,11 @@ def test_a_continued_trial_resumes_from_its_checkpoint_and_its_curve_goes_on():
 
 class Planted:
     """Stand-ins for the driver's Ray tasks: N and err_ucb are functions of the width;
-    a check trial (steps > STEPS) gets ``fail_check(err_ucb)`` afresh and
+    a check trial (steps not a main budget) gets ``fail_check(err_ucb)`` afresh and
     ``continued(err_ucb)`` when continued. Counts every call."""
 
-    def __init__(self, fail_check, continued):
-        self.fail_check, self.continued = fail_check, continued
+    def __init__(self, fail_check, continued, main_steps=(STEPS,)):
+        self.fail_check, self.continued, self.main_steps = fail_check, continued, main_steps
         self.calls: list[tuple[str, int, int]] = []  # (kind, width, steps)
         self.resumed: list[bytes] = []
 
@@ -125,7 +125,7 @@ class Planted:
                 "recipe": {"steps": cfg["steps"]}, "curves": [], "population": 1}
 
     def trial(self, cfg, threads=1, key=""):
-        checking = cfg["steps"] > STEPS
+        checking = cfg["steps"] not in self.main_steps
         assert cfg["early_stop"] is not checking  # a check trains its whole budget
         self.calls.append(("fresh-check" if checking else "trial", cfg["width"], cfg["steps"]))
         return self.result(cfg, self.fail_check(1.0 / cfg["width"]) if checking else None)
@@ -232,7 +232,8 @@ def test_check_marks_budget_limited_then_converged_and_resume_redoes_nothing(
 
 
 def test_two_budgets_are_two_cells_whose_frontiers_never_mix(tmp_path, ray_local, monkeypatch):
-    planted = Planted(fail_check=lambda e: e, continued=lambda e: e).install(monkeypatch)
+    planted = Planted(fail_check=lambda e: e, continued=lambda e: e,
+                      main_steps=(STEPS, 2 * STEPS)).install(monkeypatch)
     spec, settings = _sweep(tmp_path, "budgets", trials=2, budget={
         "steps": [STEPS, 2 * STEPS], "warmup": 5, "eval_every": 10, "n_eval": 128})
     run_sweep(spec, settings)
