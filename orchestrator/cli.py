@@ -264,7 +264,7 @@ def run(
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the driver's handler
         outcome = None
     if outcome is None or outcome.interrupted:
-        again = _resume_command(spec, settings, address)
+        again = _resume_command(spec, settings, address, check)
         done = f"{outcome.trials_recorded} trials recorded" if outcome else "stopped during set-up"
         typer.echo(f"interrupted: {done}; resume with: {again}", err=True)
         raise typer.Exit(130)
@@ -274,7 +274,8 @@ def run(
     _print_frontier(_frontier(settings.db_url, sweep.name))
 
 
-def _resume_command(spec: str, settings, address: str | None = None) -> str:
+def _resume_command(spec: str, settings, address: str | None = None,
+                    check: bool | None = None) -> str:
     """The command that resumes this sweep: the same spec, cluster and stores, as
     resolved (flags, environment or spec), so it works from any directory and
     shell. The work directory is always named; a password in a URL stays masked."""
@@ -291,6 +292,8 @@ def _resume_command(spec: str, settings, address: str | None = None) -> str:
         parts += ["--db", mask_url(settings.db_url)]
     if settings.tracking_uri != f"sqlite:///{home / 'mlflow.db'}":
         parts += ["--tracking", mask_url(settings.tracking_uri)]
+    if check is not None:  # the check as this run had it
+        parts += ["--check" if check else "--no-check"]
     return shlex.join(parts)
 
 
