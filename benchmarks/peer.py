@@ -52,16 +52,18 @@ def run_peer(spec: SweepSpec, work: Path) -> dict:
     connect(None)  # the same embedded, loopback-only cluster varbench uses
     cpus = int(ray.cluster_resources().get("CPU", 1))
     out = {}
-    for variant, target, lip in spec.cell_keys():
-        name = study_name(spec, variant, target, lip)
+    for variant, target, lip, steps in spec.cell_keys():
+        name = study_name(spec, variant, target, lip, steps)
 
-        def trainable(params: dict, variant=variant, target=target, lip=lip, name=name) -> dict:
+        def trainable(params: dict, variant=variant, target=target, lip=lip, name=name,
+                      steps=steps) -> dict:
             import torch
 
             torch.set_num_threads(1)
             # a seed from the params: Tune's trial ids are random, a rerun should not be
             number = zlib.crc32(json.dumps(params, sort_keys=True, default=str).encode())
-            cfg = trial_config(spec, variant, target, lip, params, trial_seed(spec, name, number))
+            cfg = trial_config(spec, variant, target, lip, params, trial_seed(spec, name, number),
+                               steps)
             res = run_trial(cfg)
             ok = res.status == "completed"
             return {"n_params": float(res.n_params), "err_ucb": res.err_ucb if ok else math.inf,

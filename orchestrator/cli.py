@@ -269,6 +269,7 @@ def run(
     workdir: WorkOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
     wait_lock: Annotated[bool, typer.Option("--wait-lock", help="If another driver runs this sweep, wait for it to end instead of refusing.")] = False,
+    check: Annotated[bool | None, typer.Option("--check/--no-check", help="Turn the convergence check (retrain each frontier point at check.factor x the budget) on or off, whatever the spec says; the same sweep resumes either way.")] = None,
 ) -> None:
     """Run a sweep (or resume it) and print its frontier."""
     from varbench.orchestrator.driver import Driver
@@ -276,6 +277,9 @@ def run(
     from varbench.sweeps.spec import load_spec
 
     sweep = load_spec(spec)
+    if check is not None:  # the check section is not part of the spec hash: it resumes
+        sweep = sweep.model_copy(update={"check": sweep.check.model_copy(
+            update={"enabled": check})})
     settings = resolve_settings(workdir, db, tracking, sweep.storage, sweep.tracking)
     driver = Driver(sweep, settings, address, wait_lock=wait_lock,
                     on_wait=lambda line: typer.echo(line, err=True))
@@ -285,16 +289,18 @@ def run(
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the driver's handler
         outcome = None
     if outcome is None or outcome.interrupted:
-        again = _resume_command(spec, settings, address)
+        again = _resume_command(spec, settings, address, check)
         done = f"{outcome.trials_recorded} trials recorded" if outcome else "stopped during set-up"
         typer.echo(f"interrupted: {done}; resume with: {again}", err=True)
         raise typer.Exit(130)
-    _console().print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded in "
-                  f"{outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
+    checks = f", {outcome.checks_run} convergence-check trials" if outcome.checks_run else ""
+    _console().print(f"sweep {sweep.name}: {outcome.trials_recorded} new trials recorded{checks} "
+                     f"in {outcome.seconds:.1f} s (trial compute {outcome.compute_seconds:.1f} s)")
     _print_frontier(_frontier(settings.db_url, sweep.name))
 
 
-def _resume_command(spec: str, settings, address: str | None = None) -> str:
+def _resume_command(spec: str, settings, address: str | None = None,
+                    check: bool | None = None) -> str:
     """The command that resumes this sweep: the same spec, cluster and stores, as
     resolved (flags, environment or spec), so it works from any directory and
     shell. The work directory is always named; a password in a URL stays masked."""
@@ -311,6 +317,8 @@ def _resume_command(spec: str, settings, address: str | None = None) -> str:
         parts += ["--db", mask_url(settings.db_url)]
     if settings.tracking_uri != f"sqlite:///{home / 'mlflow.db'}":
         parts += ["--tracking", mask_url(settings.tracking_uri)]
+    if check is not None:  # the check as this run had it
+        parts += ["--check" if check else "--no-check"]
     return shlex.join(parts)
 
 
@@ -363,14 +371,22 @@ def _print_frontier(rows: list[dict]) -> None:
     from rich import box
     from rich.table import Table
 
-    from varbench.orchestrator.queries import interval_text
+    from varbench.orchestrator.queries import interval_text, recipe_text
 
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["variant"], r["target"]), []).append(r)
-    for (variant, target), group in groups.items():
-        table = Table(title=f"{variant} · {target}: N*(ε, L), the smallest N with err_ucb ≤ ε",
-                      caption="n.r.: not reached under this budget (censored)",
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:  # one table per budget too: results at two budgets never share one
+        groups.setdefault((r["variant"], r["target"], r.get("steps")), []).append(r)
+    several = len({k[2] for k in groups}) > 1
+    mark = {True: " ✓", False: " ✗", None: ""}  # beside N*: the table stays within 80 columns
+    for (variant, target, steps), group in groups.items():
+        at = f" · {steps} steps" if several else ""
+        factor = next((r["check"]["factor"] for r in group if r.get("check")), 2)
+        table = Table(title=f"{variant} · {target}{at}: N*(ε, L), the smallest N with "
+                            "err_ucb ≤ ε under this training budget",
+                      caption=f"recipe: {recipe_text(group[0].get('recipe') or {})}\n"
+                              "n.r.: not reached under this budget (censored)\n"
+                              f"✓ converged (holds at {factor}x the budget) · ✗ budget-limited "
+                              "· unmarked: unchecked",
                       box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
         for col in ("L", "ε", "N*", "95% interval", "trial", "err_ucb", "config / censored"):
             table.add_column(col, justify="left" if col == "config / censored" else "right")
@@ -380,7 +396,8 @@ def _print_frontier(rows: list[dict]) -> None:
                 extra = f"d={c.get('width')} K={c.get('scales')} {c.get('interp')}"
                 if r["family"] == "flowar":
                     extra += f" {c.get('flow_source') or 'interp'} {_flops(r.get('flops'))}"
-                table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", f"{r['n_star']:,}",
+                table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}",
+                              f"{r['n_star']:,}{mark[r.get('converged')]}",
                               interval_text(r["n_star_ci"], "n.r."), str(r["trial"]),
                               _fmt(r["err_ucb"]), extra)
             else:

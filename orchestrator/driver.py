@@ -6,7 +6,9 @@ they finish and, for each, in this order: records it in the results store
 (once: unique per cell and trial number), tells Optuna, hands the freed
 worker its next trial, then logs the result on the trial's MLflow child run
 (started RUNNING when the trial was handed out) and refreshes the cell's
-frontier. Workers only compute; ``studies`` talks to Optuna and
+frontier. After the loop, when the spec turns the check on, it retrains each
+reached frontier point at a larger budget and stores its verdict
+(``_run_checks``, ``sweeps.convergence``). Workers only compute; ``studies`` talks to Optuna and
 ``recorder`` does every write to the store and MLflow.
 
 One driver per sweep: before it touches the sweep, the driver takes the
@@ -36,14 +38,22 @@ from varbench.orchestrator import cluster
 from varbench.orchestrator.errors import RunFailed
 from varbench.orchestrator.recorder import Recorder
 from varbench.orchestrator.settings import Settings
+from varbench.orchestrator.store import trial_point
 from varbench.orchestrator.studies import Studies, study_name
+from varbench.sweeps.convergence import FAILING, REACHING, judge, plan_checks
 from varbench.sweeps.frontier import FrontierPoint, bar_for
 from varbench.sweeps.inference import told_error
 from varbench.sweeps.space import flow_settings, search_space, trial_config, trial_seed
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 from varbench.workers.population import batched, population_size, shape_key
-from varbench.workers.remote import FAULT_VARS, population_task, reference_task, trial_task
+from varbench.workers.remote import (
+    FAULT_VARS,
+    checkpoint_task,
+    population_task,
+    reference_task,
+    trial_task,
+)
 from varbench.workers.training import param_count
 
 log = logging.getLogger("varbench.driver")
@@ -58,6 +68,7 @@ class Cell:
     lipschitz: float
     study: optuna.Study
     space: dict = field(default_factory=dict)
+    steps: int = 0  # the cell's step budget (a spec may list several: one cell each)
     done: int = 0
     in_flight: int = 0
     points: list[FrontierPoint] = field(default_factory=list)
@@ -88,6 +99,7 @@ class SweepOutcome:
     # time blocked in ray.wait; the rest of the loop is per-trial driver work
     setup_seconds: float = 0.0
     wait_seconds: float = 0.0
+    checks_run: int = 0  # convergence-check trials run by this driver
 
 
 class Driver:
@@ -118,6 +130,7 @@ class Driver:
         self._restore_sigint: Callable[[], None] | None = None
         self._checked = False
         self._sizes: dict[tuple, int] = {}  # N per shape, for the bars
+        self._checks_inflight: dict[ray.ObjectRef, tuple[Cell, str, int, dict, str]] = {}
         # where the trials train: one population task per GPU when the spec asks for GPUs
         self.device_type = "cuda" if spec.resources.gpus > 0 else "cpu"
 
@@ -152,8 +165,8 @@ class Driver:
                            f"waiting for sweep {spec.name!r}: its lease is held by {h.describe()}"))
         self._check_stop()
         rec.open_sweep(spec)
-        for variant, target, lip in spec.cell_keys():
-            name = study_name(spec, variant, target, lip)
+        for variant, target, lip, steps in spec.cell_keys():
+            name = study_name(spec, variant, target, lip, steps)
             space = search_space(spec, variant)
             study = self.studies.open(spec, name, space, attrs={
                 "sweep": spec.name, "cell": name, "variant": variant.label, "target": target,
@@ -161,11 +174,11 @@ class Driver:
             # FlowAR: one training per trial, one frontier per inference setting
             keys = flow_settings(spec) if variant.family == "flowar" else []
             cell_id = rec.open_cell(name, variant, target, lip, space,
-                                    setting=keys[0] if keys else None)
+                                    setting=keys[0] if keys else None, steps=steps)
             others = rec.open_setting_cells(cell_id, name, variant, target, lip, keys[1:],
-                                            space) if len(keys) > 1 else {}
+                                            space, steps) if len(keys) > 1 else {}
             self.cells.append(Cell(cell_id, name, variant, target, lip, study, space,
-                                   settings=others))
+                                   settings=others, steps=steps))
         self._recover()
         self._check_stop()
         self._reference_errors()
@@ -216,7 +229,7 @@ class Driver:
         trials settled, the lease released.
         """
         t0 = time.perf_counter()
-        ran, recorded, compute = 0, 0, 0.0
+        ran, recorded, compute, checks = 0, 0, 0.0, 0
         setup, waited = 0.0, 0.0
         interrupted, ended = False, None
         self._arm()
@@ -246,7 +259,12 @@ class Driver:
                 done = []
                 for ref in ready:
                     entries = self._inflight[ref]
-                    for (cell, trial, _), result in zip(entries, self._collect(ref, entries)):
+                    for (cell, trial, _), (result, blob) in zip(entries,
+                                                                self._collect(ref, entries)):
+                        if blob is not None and result.get("status") == "completed":
+                            # the file first: a stored result never names a missing file
+                            result["checkpoint"] = self.recorder.save_checkpoint(
+                                cell.study_name, trial.number, blob)
                         new = self._record(cell, trial, result)
                         ran += 1
                         recorded += int(new)
@@ -264,6 +282,8 @@ class Driver:
                 for cell in {id(c): c for c, _, _, _ in done}.values():
                     self._refresh_frontier(cell)  # once per cell, however many finished
                 self._emit()
+            if self.spec.check.enabled:
+                checks = self._run_checks()
             ended = "completed"
         except KeyboardInterrupt:
             interrupted, ended = True, "interrupted"
@@ -284,7 +304,7 @@ class Driver:
             fronts.update({name: c.setting_points.get(k, []) for k, (_, name) in c.settings.items()})
         return SweepOutcome(
             self.spec.name, ran, recorded, time.perf_counter() - t0, compute, fronts, interrupted,
-            setup, waited,
+            setup, waited, checks,
         )
 
     @staticmethod
@@ -325,20 +345,26 @@ class Driver:
             return None
         return min(open_cells, key=lambda c: (c.done + c.in_flight, c.cell_id))
 
-    def _submit(self, entries: list[tuple[Cell, optuna.Trial, dict]]) -> None:
-        """One Ray task for one trial, or for several of one shape (a population)."""
+    def _task_options(self) -> tuple[dict, int]:
+        """Ray options (resources, retries, fault injection) and threads of a trial task."""
         res = self.spec.resources
-        keys = [f"{cell.study_name}#{trial.number}" for cell, trial, _ in entries]
         options: dict = {"num_cpus": res.cpus, "num_gpus": res.gpus,
                          "max_retries": res.max_retries, "retry_exceptions": False}
         fault = {k: os.environ[k] for k in FAULT_VARS if os.environ.get(k)}
         if fault:  # fault injection (tests): only then do tasks get a runtime env
             options["runtime_env"] = {"env_vars": fault}
-        threads = max(1, int(res.cpus))
+        return options, max(1, int(res.cpus))
+
+    def _submit(self, entries: list[tuple[Cell, optuna.Trial, dict]]) -> None:
+        """One Ray task for one trial, or for several of one shape (a population)."""
+        keys = [f"{cell.study_name}#{trial.number}" for cell, trial, _ in entries]
+        options, threads = self._task_options()
         for cell, trial, cfg in entries:  # its MLflow run is RUNNING from now on
             run_id = self.recorder.start_trial(cell.study_name, trial.number, cfg, cell.space)
             self.studies.set_trial_attrs(trial, {"mlflow_run_id": run_id})
-        if len(entries) == 1:
+        if len(entries) == 1 and entries[0][2].get("keep_checkpoint"):  # state comes back too
+            ref = checkpoint_task.options(**options).remote(entries[0][2], threads, keys[0])
+        elif len(entries) == 1:
             ref = trial_task.options(**options).remote(entries[0][2], threads, keys[0])
         else:
             ref = population_task.options(**options).remote([e[2] for e in entries], threads, keys)
@@ -350,15 +376,19 @@ class Driver:
         held += self._pending + self._outgoing
         return {t.number for c, t, _ in held if c is cell}
 
-    def _collect(self, ref: ray.ObjectRef, entries) -> list[dict]:
-        """The task's results, one per trial it carried (failed ones if the task died)."""
+    def _collect(self, ref: ray.ObjectRef, entries) -> list[tuple[dict, bytes | None]]:
+        """The task's results, one per trial it carried (failed ones if the task died),
+        each with the checkpoint a ``checkpoint_task`` hands back beside it."""
         try:
             out = ray.get(ref)
-            return out if isinstance(out, list) else [out]
+            if isinstance(out, tuple):  # checkpoint_task: (result, state)
+                return [out]
+            return [(r, None) for r in (out if isinstance(out, list) else [out])]
         except ray.exceptions.RayError as exc:  # worker died past its retries, or a bug
             text = str(exc).strip()
             reason = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
-            return [{"status": "failed", "reason": reason, "config": cfg} for _, _, cfg in entries]
+            return [({"status": "failed", "reason": reason, "config": cfg}, None)
+                    for _, _, cfg in entries]
 
     def _fill(self, slots: int, deadline: float) -> None:
         """Ask one trial per free slot; trials of one small shape share a slot.
@@ -378,9 +408,10 @@ class Driver:
             self._outgoing, self._pending = self._pending[:free], self._pending[free:]
             groups: dict[tuple, list] = {}
             for cell, trial, cfg in self._outgoing:
-                # a trial with seed replicas is its own population (run_trial stacks them)
+                # a trial with seed replicas is its own population (run_trial stacks them);
+                # one that keeps its checkpoint trains alone (populations keep none)
                 key = (shape_key(cfg) if batched(cfg, self.device_type) and cfg.replicas == 1
-                       else ("alone", cell.cell_id, trial.number))
+                       and not cfg.keep_checkpoint else ("alone", cell.cell_id, trial.number))
                 groups.setdefault(key, []).append((cell, trial, cfg))
             for key, entries in groups.items():
                 if key[0] != "alone":
@@ -404,7 +435,9 @@ class Driver:
     def _ask_config(self, cell: Cell):
         trial = self.studies.ask(cell.study, cell.space, lambda: self._ours(cell))
         cfg = trial_config(self.spec, cell.variant, cell.target, cell.lipschitz, trial.params,
-                           trial_seed(self.spec, cell.study_name, trial.number))
+                           trial_seed(self.spec, cell.study_name, trial.number), cell.steps)
+        if self.spec.check.enabled and cfg.replicas == 1:  # a frontier trial may be continued
+            cfg = replace(cfg, keep_checkpoint=True)
         cell.in_flight += 1
         return cell, trial, cfg
 
@@ -446,6 +479,74 @@ class Driver:
         self.studies.tell(cell.study, number, result["status"], result.get("n_params"), told)
         return new
 
+    # --- the convergence check ---------------------------------------------------------
+
+    def _run_checks(self) -> int:
+        """Retrain each cell's reached frontier points at ``check.factor`` times the
+        budget (``sweeps.convergence``): the failing neighbour afresh, the N* trial
+        continued from its checkpoint; then store every point's verdict. A check
+        already recorded is never rerun, so a resumed sweep only runs what is missing."""
+        factor, rec = self.spec.check.factor, self.recorder
+        options, threads = self._task_options()
+        for cell in self.cells:
+            rows = {t.number: t for t in rec.trials(cell.cell_id)}
+            plans = plan_checks([trial_point(t) for t in rows.values()], cell.points)
+            done = {(c.kind, c.trial_number) for c in rec.checks(cell.cell_id)
+                    if c.factor == factor}
+            for plan in plans:
+                todo = [(REACHING, plan.reaching)] + (
+                    [(FAILING, plan.failing)] if plan.failing is not None else [])
+                for kind, number in todo:
+                    if (kind, number) in done:
+                        continue
+                    done.add((kind, number))
+                    row = rows[number]
+                    cfg = replace(TrialConfig.from_dict(row.config), keep_checkpoint=False,
+                                  bar=None, prune=False, early_stop=False)
+                    cfg = replace(cfg, steps=cfg.steps * factor).to_dict()
+                    key = f"{cell.study_name}#{kind}{number}x{factor}"
+                    blob = (rec.load_checkpoint((row.result or {}).get("checkpoint"))
+                            if kind == REACHING and cfg["replicas"] == 1 else None)
+                    if blob is not None:  # the N* trial, continued from where it ended
+                        ref = checkpoint_task.options(**options).remote(cfg, threads, key, blob)
+                    else:  # afresh: the same config and seed(s), more steps (the failing
+                        # neighbour; an N* trial with seed replicas or without a checkpoint)
+                        ref = trial_task.options(**options).remote(cfg, threads, key)
+                    mode = "continued" if blob is not None else "afresh"
+                    self._checks_inflight[ref] = (cell, kind, number, cfg, mode)
+        ran, total = 0, len(self._checks_inflight)
+        while self._checks_inflight:
+            self._check_stop()
+            lost = rec.lease_lost()
+            if lost is not None:
+                raise RunFailed(f"sweep {self.spec.name!r}: lost its lease to {lost}; "
+                                "stopped without recording more")
+            ready, _ = ray.wait(list(self._checks_inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                cell, kind, number, cfg, mode = self._checks_inflight[ref]
+                result, _ = self._collect(ref, [(cell, None, cfg)])[0]
+                rec.record_check(cell.cell_id, kind, number, factor, {**result, "mode": mode})
+                del self._checks_inflight[ref]
+                ran += 1
+                self.on_progress(Progress(sum(c.done for c in self.cells),
+                                          self.spec.trials * len(self.cells),
+                                          f"convergence check: {ran}/{total} at {factor}x"))
+        for cell in self.cells:
+            self._judge(cell)
+        return ran
+
+    def _judge(self, cell: Cell) -> None:
+        """The verdict of each of the cell's points, from its recorded checks."""
+        factor = self.spec.check.factor
+        rows = self.recorder.trials(cell.cell_id)
+        plans = plan_checks([trial_point(t) for t in rows], cell.points)
+        checks = {(c.kind, c.trial_number): {"status": c.status, "err_ucb": c.err_ucb,
+                                             "reason": c.reason}
+                  for c in self.recorder.checks(cell.cell_id) if c.factor == factor}
+        originals = {t.number: {"err": t.err, "err_ucb": t.err_ucb} for t in rows}
+        verdicts = judge(cell.points, plans, checks, originals, factor)
+        self.recorder.set_verdicts(cell.cell_id, [v.to_dict() for v in verdicts])
+
     def _refresh_frontier(self, cell: Cell) -> None:
         cell.points = self.recorder.refresh_frontier(cell.cell_id, self.spec.eps)
         for key, (cid, _) in cell.settings.items():
@@ -454,12 +555,13 @@ class Driver:
     def _cancel_inflight(self) -> None:
         """Ctrl-C: cancel running tasks, then settle every RUNNING trial as a resume would
         (including one asked for but not yet sent when the interrupt came)."""
-        for ref in list(self._inflight):
+        for ref in list(self._inflight) + list(self._checks_inflight):
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - best effort, the task may have finished
                 pass
         self._inflight.clear()
+        self._checks_inflight.clear()
         self._pending, self._outgoing = [], []
         self._recover()
         self.recorder.kill_open_trials("the sweep was interrupted; the trial runs again on resume")

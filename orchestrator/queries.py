@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from varbench.orchestrator.store import ResultsView, trial_point
+from varbench.sweeps.convergence import CONVERGED, UNCHECKED
 from varbench.sweeps.frontier import N_BOOT, frontier_intervals
 from varbench.workers.errors import UserError
 
@@ -29,7 +30,11 @@ def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT,
     ``n_star_ci`` is the 95% interval of N* (``sweeps.frontier.frontier_intervals``:
     whole trials and seed replicas resampled; it contains the point); None for a
     bound that is "not reached" in the resamples. ``cell_id``: that cell's rows only
-    (the other cells' bootstraps are not paid for).
+    (the other cells' bootstraps are not paid for). ``steps`` and ``recipe``: the
+    training budget the point is conditional on. ``verdict`` (converged,
+    budget-limited, unchecked) and ``converged`` (True, False, None): the
+    convergence check (``sweeps.convergence``), applied only while the point's
+    N* trial is still the one judged; ``check`` holds its figures.
     """
     row = store.sweep(sweep)
     if row is None:
@@ -42,11 +47,17 @@ def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT,
         trials = {t.number: t for t in rows}
         ref = (cell.reference or {}).get("affine", {})
         points = store.frontier(cell.id)
+        judged = {v.eps: v for v in store.verdicts(cell.id)}
+        recipe = cell_recipe(cell, rows)
         iv = frontier_intervals([trial_point(t) for t in rows], [p.eps for p in points], n_boot)
         for p in points:
             t = trials.get(p.trial_number) if p.trial_number is not None else None
             cfg = t.config if t is not None else {}
             lo, hi = iv.get(p.eps, (math.inf, math.inf))
+            v = judged.get(p.eps)
+            if v is None or v.trial_number != p.trial_number:  # not judged, or N* moved since
+                v = None
+            verdict = v.verdict if v is not None else UNCHECKED
             out.append({
                 "cell": cell.study_name, "variant": cell.variant, "family": cell.family,
                 "target": cell.target, "lipschitz": cell.lipschitz, "eps": p.eps,
@@ -54,6 +65,10 @@ def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT,
                 "n_star_ci": [_finite(lo), _finite(hi)],
                 "n_eff": (t.result or {}).get("n_params_eff") if t is not None else None,
                 "trial": p.trial_number,
+                "steps": recipe.get("steps"), "recipe": recipe,
+                "verdict": verdict,
+                "converged": None if verdict == UNCHECKED else verdict == CONVERGED,
+                "check": dict(v.detail) if v is not None else None,
                 "err_ucb": t.err_ucb if t is not None else None,
                 # inference FLOPs per sample of the N* model (FlowAR: at this setting)
                 "flops": t.flops if t is not None else None,
@@ -66,6 +81,25 @@ def frontier_rows(store: ResultsView, sweep: str, n_boot: int = N_BOOT,
                 if cfg else {},
             })
     return out
+
+
+def cell_recipe(cell, trials) -> dict:
+    """The cell's recipe as stored (cells from before it was stored: read off a trial's
+    config; the schedule has always been warm-up then cosine)."""
+    if cell.budget:
+        return dict(cell.budget)
+    cfg = next((t.config for t in trials if t.config), {})
+    return {k: cfg.get(k) for k in ("steps", "batch_size", "lr", "warmup")} | {
+        "schedule": "warmup-cosine"} if cfg else {}
+
+
+def recipe_text(recipe: dict) -> str:
+    """``400 steps · batch 64 · lr 0.01 (warm-up 40, cosine to 0)``."""
+    if not recipe:
+        return "recipe not recorded"
+    lr = "lr searched" if recipe.get("lr_searched") else f"lr {recipe.get('lr'):g}"
+    return (f"{recipe.get('steps')} steps · batch {recipe.get('batch_size')} · {lr} "
+            f"(warm-up {recipe.get('warmup')}, cosine to 0)")
 
 
 def sweep_status(store: ResultsView, sweep: str | None) -> list[dict]:

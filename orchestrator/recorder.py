@@ -132,16 +132,19 @@ class Recorder:
         return self.sweep_id
 
     def open_cell(self, study: str, variant: ModelVariant, target: str, lipschitz: float,
-                  space: dict | None = None, setting: str | None = None) -> int:
-        """The cell's row and its MLflow parent run: the cell, budget and search space as
-        params, a description, the spec as YAML. ``setting``: a FlowAR study's own
-        inference setting ("steps:solver"), which its row is labelled with."""
+                  space: dict | None = None, setting: str | None = None,
+                  steps: int | None = None) -> int:
+        """The cell's row (with its training recipe) and its MLflow parent run: the cell,
+        budget and search space as params, a description, the spec as YAML.
+        ``setting``: a FlowAR study's own inference setting ("steps:solver"), which its
+        row is labelled with; ``steps``: the cell's budget (one of ``budget.steps``)."""
         spec = self.spec
+        steps = steps or spec.budget.step_list[0]
         label = setting_label(variant.label, setting) if setting else variant.label
         cell_id = self.store.upsert_cell(self.sweep_id, study, label, variant.family,
-                                         target, lipschitz)
+                                         target, lipschitz, cell_recipe(spec, steps))
         self._open_parent(cell_id, study, variant, target, lipschitz, space or {}, label,
-                          setting, study)
+                          setting, study, steps)
         parts = ([variant.label] if len(spec.cells.models) > 1 else []) + (
             [target] if len(spec.cells.targets) > 1 else [])
         self._names[study] = "".join(f"{p} · " for p in parts)  # unique names in the sweep
@@ -149,28 +152,32 @@ class Recorder:
 
     def open_setting_cells(self, cell_id: int, study: str, variant: ModelVariant, target: str,
                            lipschitz: float, settings: list[str],
-                           space: dict | None = None) -> dict[str, tuple[int, str]]:
+                           space: dict | None = None,
+                           steps: int | None = None) -> dict[str, tuple[int, str]]:
         """One more cell (row and parent run) per further inference setting of a FlowAR
         study (``sweeps.inference``): the study's trials scored at that setting.
         Returns setting -> (cell id, cell name)."""
         out = {}
+        steps = steps or self.spec.budget.step_list[0]
         primary = next((c for c in self.store.cells(self.sweep_id) if c.id == cell_id), None)
         for key in settings:
             name = setting_cell_name(self.sweep, variant.label, key, target, lipschitz)
+            if len(self.spec.budget.step_list) > 1:  # as the study is named (studies.study_name)
+                name += f":steps={steps}"
             label = setting_label(variant.label, key)
             cid = self.store.upsert_cell(self.sweep_id, name, label, variant.family, target,
-                                         lipschitz)
+                                         lipschitz, cell_recipe(self.spec, steps))
             if primary is not None and primary.reference:  # a resume: the cell's own
                 self.store.set_cell_fields(cid, reference=primary.reference)
             self._open_parent(cid, name, variant, target, lipschitz, space or {}, label, key,
-                              study)
+                              study, steps)
             out[key] = (cid, name)
         self._settings[cell_id] = [(k, cid) for k, (cid, _) in out.items()]
         return out
 
     def _open_parent(self, cell_id: int, name: str, variant: ModelVariant, target: str,
                      lipschitz: float, space: dict, label: str, setting: str | None,
-                     study: str) -> None:
+                     study: str, steps: int) -> None:
         spec = self.spec
         flow = {"varbench.flow_source": variant.flow_source, "varbench.optuna_study": study,
                 **({"varbench.flow_setting": setting} if setting else {})
@@ -181,10 +188,11 @@ class Recorder:
              "varbench.variant": label, "varbench.target": target,
              "varbench.lipschitz": f"{lipschitz:g}", "varbench.spec_hash": spec.spec_hash(),
              "mlflow.note.content": _parent_note(spec, variant, target, lipschitz, label,
-                                                 setting, study if name != study else None),
+                                                 setting, study if name != study else None,
+                                                 steps),
              **flow, **source_tags(self.commit), **self.tags},
             name=f"{label} · {target} · L={lipschitz:g}",
-            params=_parent_params(spec, variant, target, lipschitz, space, setting))
+            params=_parent_params(spec, variant, target, lipschitz, space, setting, steps))
         self._cells[cell_id] = (name, parent)
         self.tracker.log_text(parent, yaml.safe_dump(spec.model_dump(mode="json"),
                                                      sort_keys=False), "spec.yaml")
@@ -315,6 +323,51 @@ class Recorder:
     def trials(self, cell_id: int) -> list[TrialRow]:
         return self.store.trials(cell_id)
 
+    # --- checkpoints and convergence checks ------------------------------------------
+
+    def save_checkpoint(self, study: str, number: int, blob: bytes) -> str:
+        """A trial's final state as a file under the work directory (never in SQL):
+        ``checkpoints/<sweep>/<study>/<number>.pt``, written whole (temp file, then
+        rename). Returns the path relative to the work directory, which the stored
+        result keeps."""
+        rel = Path("checkpoints") / _safe(self.sweep) / _safe(study) / f"{number}.pt"
+        path = self.settings.workdir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".pt.tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+        return str(rel)
+
+    def load_checkpoint(self, rel: str | None) -> bytes | None:
+        """A kept checkpoint's bytes (None when absent: recorded before checks, or removed)."""
+        if not rel:
+            return None
+        path = self.settings.workdir / rel
+        return path.read_bytes() if path.is_file() else None
+
+    def record_check(self, cell_id: int, kind: str, number: int, factor: int,
+                     result: dict) -> bool:
+        """A convergence-check trial, once (resume never redoes a recorded check)."""
+        return self.store.record_check(cell_id, kind, number, factor, result)
+
+    def checks(self, cell_id: int):
+        return self.store.checks(cell_id)
+
+    def set_verdicts(self, cell_id: int, verdicts: list[dict]) -> None:
+        """The cell's verdict per ε in the store, and on its MLflow parent run: a
+        ``varbench.verdict.eps_<ε>`` tag per point and counts as metrics."""
+        self.store.replace_verdicts(cell_id, verdicts)
+        if cell_id not in self._cells:
+            return
+        _, parent = self._cells[cell_id]
+        tags = {f"varbench.verdict.eps_{v['eps']:g}": v["verdict"] for v in verdicts}
+        counts = {f"check.{k.replace('-', '_')}": float(sum(v["verdict"] == k for v in verdicts))
+                  for k in ("converged", "budget-limited", "unchecked")}
+        metrics = [(k, v, 0) for k, v in counts.items()]
+        metrics += [(f"check.continued_err_ucb.eps_{v['eps']:g}", v["continued_err_ucb"], 0)
+                    for v in verdicts if v.get("continued_err_ucb") is not None]
+        self.tracker.log(parent, metrics=metrics, tags=tags)
+
     def refresh_frontier(self, cell_id: int, eps: list[float]) -> list[FrontierPoint]:
         """The cell's frontier in the store and, when it moved, on its parent run:
         ``nstar.eps_<ε>`` metrics (step = completed trials) and the frontier table."""
@@ -442,15 +495,32 @@ def _flow_metrics(result: dict) -> list[tuple[str, float, int]]:
     return out
 
 
+def _safe(name: str) -> str:
+    """A study or sweep name as one path component."""
+    return "".join(ch if ch.isalnum() or ch in "._=-" else "_" for ch in name)
+
+
+def cell_recipe(spec: SweepSpec, steps: int) -> dict:
+    """The training recipe a cell's N* is conditional on: listed with every frontier."""
+    from varbench.workers.training import SCHEDULE
+
+    b = spec.budget
+    return {"steps": steps, "batch_size": b.batch_size, "lr": b.lr,
+            "lr_searched": spec.search.lr is not None, "warmup": b.warmup,
+            "schedule": SCHEDULE, "weight_decay": b.weight_decay, "grad_clip": b.grad_clip,
+            "replicas": b.replicas}
+
+
 def _parent_params(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float,
-                   space: dict, setting: str | None = None) -> dict:
+                   space: dict, setting: str | None = None, steps: int | None = None) -> dict:
     """The study's cell, budget and search space, as flat params."""
     out = {"sweep": spec.name, "variant": variant.label, "family": variant.family,
            "target": target, "lipschitz": lipschitz,
            "eps_grid": ",".join(f"{e:g}" for e in spec.eps),
            "trials": spec.trials, "sampler": spec.sampler, "seed": spec.seed}
     out.update({f"cell.{k}": v for k, v in spec.cells.settings().items()})
-    out.update({f"budget.{k}": v for k, v in spec.budget.model_dump().items()})
+    out.update({f"budget.{k}": v for k, v in
+                spec.budget.for_steps(steps or spec.budget.step_list[0]).items()})
     out.update({f"variant.{k}": v for k, v in variant.model_dump().items() if k != "name"})
     out.update({f"search.{k}": _describe(d) for k, d in space.items()})
     if setting:
@@ -470,12 +540,12 @@ def _describe(dist) -> str:
 
 def _parent_note(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: float,
                  label: str | None = None, setting: str | None = None,
-                 trained_in: str | None = None) -> str:
+                 trained_in: str | None = None, steps: int | None = None) -> str:
     c, b = spec.cells, spec.budget
     flow = ""
     if setting:
-        steps, _, solver = setting.partition(":")
-        flow = (f"\n\nInference setting: {steps} {solver} step(s) per scale. Each FlowAR "
+        n_steps, _, solver = setting.partition(":")
+        flow = (f"\n\nInference setting: {n_steps} {solver} step(s) per scale. Each FlowAR "
                 "trial trains once and is scored at every setting of the spec; each "
                 "setting is its own frontier. " + (
                     f"These trials are those of the study {trained_in}, scored at this "
@@ -485,7 +555,7 @@ def _parent_note(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz:
     return (f"**{label or variant.label}** ({variant.family}) on the **{target}** target with "
             f"Lipschitz constant L = {lipschitz:g}: {c.channels} channel(s), "
             f"{c.s_first}×{c.s_first} → {c.s_last}×{c.s_last}, {c.inputs} inputs.\n\n"
-            f"Budget per trial: {b.steps} steps of {b.batch_size} fresh inputs, lr {b.lr:g} "
+            f"Budget per trial: {steps or b.step_list[0]} steps of {b.batch_size} fresh inputs, lr {b.lr:g} "
             f"(warm-up {b.warmup}, cosine decay), monitor every {b.eval_every} steps, final "
             f"err_p (p = {b.p:g}) on {b.n_eval} fresh inputs, {b.replicas} seed(s) per trial. "
             f"ε grid: {', '.join(f'{e:g}' for e in spec.eps)}; {spec.trials} trials, "

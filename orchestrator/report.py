@@ -23,8 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as mticker  # noqa: E402
 import matplotlib.transforms as mtransforms  # noqa: E402
 
-from varbench.orchestrator.queries import frontier_rows, interval_text  # noqa: E402
+from varbench.orchestrator.queries import frontier_rows, interval_text, recipe_text  # noqa: E402
 from varbench.orchestrator.store import ResultsView  # noqa: E402
+from varbench.sweeps.convergence import CONVERGED  # noqa: E402
 from varbench.sweeps.frontier import (  # noqa: E402
     N_BOOT,
     TrialPoint,
@@ -64,22 +65,41 @@ def collect(store: ResultsView, sweep: str):
     return row, cells, trials
 
 
-def scaling_fits(cells, trials, eps, n_boot: int = N_BOOT) -> list[ScalingFit]:
+def _steps(c) -> int | None:
+    return (getattr(c, "budget", None) or {}).get("steps")
+
+
+def scaling_fits(cells, trials, eps, n_boot: int = N_BOOT, verdicts: dict | None = None,
+                 converged_only: bool = True) -> list[ScalingFit]:
     """Per (variant, target, interpolation), pooled over interpolation, and pooled
-    against the measured L_emp of each cell instead of its certified L."""
+    against the measured L_emp of each cell instead of its certified L; per budget
+    where the sweep has several (never pooled across budgets).
+
+    ``verdicts`` (cell id -> its stored verdicts): where a convergence check ran
+    (any verdict stored) and ``converged_only``, each cell keeps only its
+    converged points, and each fit says how many it dropped."""
+    verdicts = verdicts or {}
+    checked = converged_only and any(verdicts.values())
+    several = len({_steps(c) for c in cells}) > 1
     groups: dict[str, list[CellTrials]] = defaultdict(list)
     for c in cells:
+        keep = (frozenset(v.eps for v in verdicts.get(c.id, []) if v.verdict == CONVERGED)
+                if checked else None)
+        at = f" / {_steps(c)} steps" if several else ""
         by_interp: dict[str, list[TrialPoint]] = defaultdict(list)
         for t in trials[c.id]:
             tp = TrialPoint(t.number, t.n_params, t.err_ucb, t.status)
             by_interp[(t.config or {}).get("interp", "?")].append(tp)
         for interp, pts in by_interp.items():
-            groups[f"{c.variant} / {c.target} / {interp}"].append(CellTrials(c.lipschitz, tuple(pts)))
+            groups[f"{c.variant} / {c.target}{at} / {interp}"].append(
+                CellTrials(c.lipschitz, tuple(pts), keep))
         pooled = tuple(tp for pts in by_interp.values() for tp in pts)
-        groups[f"{c.variant} / {c.target} / pooled"].append(CellTrials(c.lipschitz, pooled))
+        groups[f"{c.variant} / {c.target}{at} / pooled"].append(
+            CellTrials(c.lipschitz, pooled, keep))
         l_emp = (c.reference or {}).get("lipschitz", {}).get("empirical")
         if l_emp:  # β against the measured L too: certified labels can be 2x the true L
-            groups[f"{c.variant} / {c.target} / pooled, L_emp"].append(CellTrials(l_emp, pooled))
+            groups[f"{c.variant} / {c.target}{at} / pooled, L_emp"].append(
+                CellTrials(l_emp, pooled, keep))
     return [fit_scaling(name, cts, eps, n_boot=n_boot) for name, cts in sorted(groups.items())]
 
 
@@ -152,13 +172,15 @@ def plot_err_vs_n(cells, trials, eps) -> str:
     """One panel per (model variant, target): every completed trial, coloured by L and
     shaped by interpolation, each L's Pareto front, the ε grid and the best affine map."""
     groups: dict[tuple, list] = defaultdict(list)
-    for c in cells:
-        groups[(c.variant, c.target)].append(c)
+    several = len({_steps(c) for c in cells}) > 1
+    for c in cells:  # one panel per budget too: two budgets never share a front
+        groups[(c.variant, c.target, _steps(c) if several else None)].append(c)
     colours = _l_colours(c.lipschitz for c in cells)
     interps = sorted({(t.config or {}).get("interp", "?") for ts in trials.values() for t in ts})
     marker = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(interps)}
     fig, axes = _grid(len(groups), 5.0)
-    for ax, ((variant, target), group) in zip(axes.flat, sorted(groups.items())):
+    for ax, ((variant, target, steps), group) in zip(axes.flat, sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0))):
         for c in sorted(group, key=lambda c: c.lipschitz):
             col = colours[c.lipschitz]
             done = [t for t in trials[c.id] if t.status == "completed" and t.err_ucb]
@@ -177,13 +199,51 @@ def plot_err_vs_n(cells, trials, eps) -> str:
         for interp in interps if len(interps) > 1 else []:
             ax.scatter([], [], color="0.4", marker=marker[interp], label=interp)
         _eps_lines(ax, eps)
-        loglog_axes(ax, "N (trainable parameters)", "err_ucb", f"{variant} on {target}: error vs size")
+        at = f", {steps} steps" if steps else ""
+        loglog_axes(ax, "N (trainable parameters)", "err_ucb",
+                    f"{variant} on {target}{at}: error vs size")
     return _png(fig)
 
 
+VERDICT_MARKS = {  # how each verdict is drawn: converged filled, budget-limited open
+    "converged": {"marker": "o", "ms": 7, "label": "converged (N* holds at the larger budget)"},
+    "budget-limited": {"marker": "o", "ms": 7, "mfc": "none", "mew": 1.6,
+                       "label": "budget-limited (N* moves at the larger budget)"},
+    "unchecked": {"marker": "s", "ms": 5, "alpha": 0.6, "label": "unchecked"},
+}
+
+
+def _verdict_points(ax, pts: list[dict], col: str, seen: set) -> None:
+    """Reached points drawn by verdict (``VERDICT_MARKS``)."""
+    for verdict, style in VERDICT_MARKS.items():
+        mine = [r for r in pts if r.get("verdict", "unchecked") == verdict]
+        if mine:
+            kw = {k: v for k, v in style.items() if k != "label"}
+            ax.plot([r["eps"] for r in mine], [r["n_star"] for r in mine], ls="none",
+                    color=col, **kw)
+            seen.add(verdict)
+
+
+def _verdict_legend(ax, seen: set) -> None:
+    shown = seen if seen - {"unchecked"} else set()  # all unchecked: no verdict legend
+    for verdict in VERDICT_MARKS:
+        if verdict in shown:
+            kw = {k: v for k, v in VERDICT_MARKS[verdict].items() if k != "label"}
+            ax.plot([], [], ls="none", color="0.3", label=VERDICT_MARKS[verdict]["label"], **kw)
+
+
+def _group_key(group: str) -> tuple[str, str, int | None]:
+    """(variant, target, steps) of a fit group ``var / mlp[ / 400 steps] / pooled``."""
+    parts = [p.strip() for p in group.split("/")]
+    steps = int(parts[2].split()[0]) if len(parts) == 4 else None
+    return parts[0], parts[1], steps
+
+
 def plot_nstar_vs_eps(fits: list[ScalingFit], rows: list[dict] | None = None) -> str | None:
-    """N* vs ε per L on log-log axes with the fitted law; ε not reached (censored) drawn
-    as open triangles at the largest N tried: N* is above it, if it exists."""
+    """N* vs ε per L on log-log axes with the fitted law; reached points marked by their
+    convergence verdict (filled: converged, open: budget-limited, squares: unchecked);
+    ε not reached (censored) drawn as open triangles at the largest N tried: N* is
+    above it, if it exists."""
     pooled = [f for f in fits if f.group.endswith("/ pooled") and (f.points or rows)]
     if not pooled:
         return None
@@ -191,34 +251,69 @@ def plot_nstar_vs_eps(fits: list[ScalingFit], rows: list[dict] | None = None) ->
     colours = _l_colours([L for f in pooled for L, _, _ in f.points] + [r["lipschitz"] for r in rows])
     fig, axes = _grid(len(pooled), 5.0)
     for ax, f in zip(axes.flat, pooled):
-        variant, target = (part.strip() for part in f.group.split("/")[:2])
-        mine = [r for r in rows if r["variant"] == variant and r["target"] == target]
-        by_l = defaultdict(list)
+        variant, target, steps = _group_key(f.group)
+        mine = [r for r in rows if r["variant"] == variant and r["target"] == target
+                and (steps is None or r.get("steps") == steps)]
+        fitted = defaultdict(list)
         for L, e, n in f.points:
-            by_l[L].append((e, n))
-        ls = sorted(set(by_l) | {r["lipschitz"] for r in mine})
+            fitted[L].append((e, n))
+        ls = sorted(set(fitted) | {r["lipschitz"] for r in mine})
+        seen: set = set()
         for k, L in enumerate(ls):
-            col, pts = colours[L], sorted(by_l.get(L, []))
+            col = colours[L]
             nudge = 1 + 0.03 * (k - (len(ls) - 1) / 2)  # censored markers of each L side by side
-            if pts:
+            reached = sorted((r for r in mine if r["lipschitz"] == L and r["reached"]),
+                             key=lambda r: r["eps"])
+            if reached:
+                ax.plot([r["eps"] for r in reached], [r["n_star"] for r in reached], "-",
+                        color=col, lw=0.6, alpha=0.5, label=f"L={L:g}")
+                _verdict_points(ax, reached, col, seen)
+            elif fitted.get(L):  # fits of groups without rows (per-interpolation groups)
+                pts = sorted(fitted[L])
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=col, ms=6,
                         label=f"L={L:g}")
-            if f.gamma is not None and pts:
-                es = sorted({p[0] for p in pts})
+            if f.gamma is not None and fitted.get(L):
+                es = sorted({p[0] for p in fitted[L]})
                 line = [math.exp(f.a + (f.beta or 0) * math.log(L) - f.gamma * math.log(e)) for e in es]
                 ax.plot(es, line, "-", color=col, lw=1.2)
             cens = [r for r in mine if r["lipschitz"] == L and not r["reached"] and r["max_n_tried"]]
             if cens:
                 ax.plot([r["eps"] * nudge for r in cens], [r["max_n_tried"] for r in cens], "^", color=col,
                         mfc="none", ms=9, mew=1.4)
+        _verdict_legend(ax, seen)
         if any(not r["reached"] for r in mine):
             ax.plot([], [], "^", color="0.3", mfc="none", ms=9, mew=1.4,
                     label="not reached: N* above the\nlargest N tried (censored)")
-        loglog_axes(ax, "ε (target accuracy)", "N* (smallest N reaching ε)", f.group, outside=True)
+        title = f.group + (f" (fit on converged points; {f.n_dropped} dropped)" if f.n_dropped else "")
+        loglog_axes(ax, "ε (target accuracy)", "N* (smallest N reaching ε under this budget)",
+                    title, outside=True)
         grid = sorted({r["eps"] for r in mine} | {e for _, e, _ in f.points})
         if grid:  # the ε grid itself as the labelled ticks
             ax.xaxis.set_major_locator(mticker.FixedLocator(grid))
             ax.xaxis.set_minor_locator(mticker.NullLocator())
+    return _png(fig)
+
+
+def plot_budgets(rows: list[dict]) -> str | None:
+    """N*(ε) per budget, one panel per (variant, target, L): whether the frontier still
+    moves as the budget grows. Only for sweeps with several budgets."""
+    budgets = sorted({r.get("steps") for r in rows if r.get("steps")})
+    if len(budgets) < 2:
+        return None
+    keys = sorted({(r["variant"], r["target"], r["lipschitz"]) for r in rows})
+    fig, axes = _grid(len(keys), 4.6)
+    for ax, (variant, target, L) in zip(axes.flat, keys):
+        seen: set = set()
+        for i, steps in enumerate(budgets):
+            pts = sorted((r for r in rows if (r["variant"], r["target"], r["lipschitz"]) ==
+                          (variant, target, L) and r.get("steps") == steps and r["reached"]),
+                         key=lambda r: r["eps"])
+            if pts:
+                ax.plot([r["eps"] for r in pts], [r["n_star"] for r in pts], "-", color=f"C{i}",
+                        lw=1.2, label=f"{steps} steps")
+                _verdict_points(ax, pts, f"C{i}", seen)
+        _verdict_legend(ax, seen)
+        loglog_axes(ax, "ε", "N* under the budget", f"{variant} · {target} · L={L:g}")
     return _png(fig)
 
 
@@ -258,9 +353,14 @@ def fits_markdown(fits: list[ScalingFit]) -> list[str]:
 
 
 def frontier_markdown(rows: list[dict]) -> list[str]:
-    lines = ["| model | target | L | ε | N* | 95% interval | N eff | trial | err_ucb | "
+    several = len({r.get("steps") for r in rows}) > 1
+    lines = ["| model | target | " + ("steps | " if several else "") +
+             "L | ε | N* | 95% interval | N eff | trial | err_ucb | converged | "
              "config / censored | best affine err |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|" + ("---|" if several else "") + "---|---|---|---|---|---|---|---|---|---|"]
+    def steps(r: dict) -> str:
+        return f"{r.get('steps')} | " if several else ""
+
     for r in rows:
         c = r["config"]
         ci = interval_text(r["n_star_ci"])
@@ -271,14 +371,43 @@ def frontier_markdown(rows: list[dict]) -> list[str]:
                         f"source={c.get('flow_source') or 'interp'} "
                         f"FLOPs={r.get('flops') or 0:,}")
             n_eff = f"{r['n_eff']:,}" if r.get("n_eff") else "-"
-            lines.append(f"| {r['variant']} | {r['target']} | {r['lipschitz']:g} | {r['eps']:g} | "
-                         f"{r['n_star']:,} | {ci} | {n_eff} | {r['trial']} | {_fmt(r['err_ucb'])} | "
+            lines.append(f"| {r['variant']} | {r['target']} | {steps(r)}{r['lipschitz']:g} | "
+                         f"{r['eps']:g} | {r['n_star']:,} | {ci} | {n_eff} | {r['trial']} | "
+                         f"{_fmt(r['err_ucb'])} | {r.get('verdict', 'unchecked')} | "
                          f"{cfg} | {_fmt(r['affine_err'])} |")
         else:
-            lines.append(f"| {r['variant']} | {r['target']} | {r['lipschitz']:g} | {r['eps']:g} | "
-                         f"not reached | {ci} | - | - | - | best err {_fmt(r['best_err'])}, largest N "
-                         f"{r['max_n_tried'] or 0:,} | {_fmt(r['affine_err'])} |")
+            lines.append(f"| {r['variant']} | {r['target']} | {steps(r)}{r['lipschitz']:g} | "
+                         f"{r['eps']:g} | not reached | {ci} | - | - | - | - | best err "
+                         f"{_fmt(r['best_err'])}, largest N {r['max_n_tried'] or 0:,} | "
+                         f"{_fmt(r['affine_err'])} |")
     return lines
+
+
+def recipe_markdown(rows: list[dict]) -> list[str]:
+    """The recipe of each budget, listed with the frontier."""
+    recipes = {}
+    for r in rows:
+        recipes.setdefault(r.get("steps"), r.get("recipe") or {})
+    return [f"- Recipe{f' ({s} steps)' if len(recipes) > 1 else ''}: {recipe_text(rc)}"
+            for s, rc in sorted(recipes.items(), key=lambda kv: kv[0] or 0)]
+
+
+def convergence_markdown(rows: list[dict]) -> list[str]:
+    """How many reached points held when the budget grew, and why the others did not."""
+    reached = [r for r in rows if r["reached"]]
+    counts = {v: sum(r.get("verdict") == v for r in reached)
+              for v in ("converged", "budget-limited", "unchecked")}
+    if counts["unchecked"] == len(reached):
+        return ["Convergence: no check ran (spec `check: {enabled: true}` retrains each point "
+                "at 2x the budget); every N* here is conditional on the budget."]
+    factor = next((r["check"]["factor"] for r in reached if r.get("check")), 2)
+    out = [f"Convergence at {factor}x the budget: {counts['converged']} of {len(reached)} "
+           f"reached points converged, {counts['budget-limited']} budget-limited, "
+           f"{counts['unchecked']} unchecked. Scaling fits use the converged points only.", ""]
+    for r in reached:
+        if r.get("check") and r.get("verdict") != "converged":
+            out.append(f"- {r['cell']} ε={r['eps']:g}: {r['verdict']}: {r['check'].get('reason')}")
+    return out
 
 
 def affine_notes(rows: list[dict]) -> list[str]:
@@ -319,18 +448,26 @@ def build_report(store: ResultsView, sweep: str, out_dir: Path, n_boot: int = N_
     eps = row.spec["eps"]
     rows = frontier_rows(store, sweep, n_boot=n_boot)
     if fits is None:
-        fits = scaling_fits(cells, trials, eps, n_boot=n_boot)
+        fits = scaling_fits(cells, trials, eps, n_boot=n_boot,
+                            verdicts={c.id: store.verdicts(c.id) for c in cells})
     plots = {"Error vs N with the Pareto front, per cell": plot_err_vs_n(cells, trials, eps)}
     p = plot_nstar_vs_eps(fits, rows)
     if p:
         plots["N* vs ε per L (log-log) with the fitted law"] = p
+    p = plot_budgets(rows)
+    if p:
+        plots["N*(ε) per training budget: does the frontier still move?"] = p
     p = plot_family_compare(rows)
     if p:
         plots["Model families side by side (N* vs ε)"] = p
     md = [f"# varbench report: {sweep}", "",
           f"Status {row.status}; commit {row.tags.get('commit', 'unknown')}; "
           f"{sum(len(v) for v in trials.values())} trials in {len(cells)} cells.", "",
-          "## Frontier N*(ε, L)", "", *frontier_markdown(rows), "",
+          "## Frontier N*(ε, L) under this training budget", "",
+          "N* is the smallest N that reaches ε under the training budget and recipe "
+          "below, not a property of the architecture alone: a longer budget may move it.", "",
+          *recipe_markdown(rows), "", *frontier_markdown(rows), "",
+          *convergence_markdown(rows), "",
           "## Scaling law log N* = a + β log L − γ log ε (Huber fit, 95% bootstrap intervals)", "",
           *fits_markdown(fits), ""]
     above = affine_notes(rows)

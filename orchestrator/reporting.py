@@ -72,4 +72,5 @@ def run_nightly(base: SweepSpec, settings: Settings, address: str | None = None,
 
 def _fits(view: ResultsView, sweep: str, n_boot: int):
     row, cells, trials = collect(view, sweep)
-    return scaling_fits(cells, trials, row.spec["eps"], n_boot=n_boot)
+    return scaling_fits(cells, trials, row.spec["eps"], n_boot=n_boot,
+                        verdicts={c.id: view.verdicts(c.id) for c in cells})

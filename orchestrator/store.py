@@ -1,6 +1,7 @@
 """The results store: SQLAlchemy 2 models, alembic migrations, one writer.
 
-Tables: sweeps, cells, trials, frontier points, nightly runs. SQLite in the
+Tables: sweeps, cells, trials, frontier points, convergence checks and their
+verdicts, nightly runs. SQLite in the
 work directory by default; any SQLAlchemy URL (PostgreSQL) by flag or
 ``VARBENCH_DB_URL``. Only the driver writes. Every write is one transaction,
 so a crash never leaves a half-written row; (cell, trial number) is unique,
@@ -83,6 +84,9 @@ class CellRow(Base):
     lipschitz: Mapped[float] = mapped_column(Float)
     reference: Mapped[dict] = mapped_column(JSON, default=dict)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the training recipe every result of the cell is conditional on (steps, batch, lr,
+    # schedule); None for cells recorded before migration 0003
+    budget: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class TrialRow(Base):
@@ -125,6 +129,41 @@ class FrontierRow(Base):
     best_err: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_n_tried: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     n_trials: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CheckRow(Base):
+    """A convergence-check trial (``sweeps.convergence``): apart from the trials, so it
+    never counts toward a frontier. One per (cell, kind, source trial, factor)."""
+
+    __tablename__ = "vb_checks"
+    __table_args__ = (UniqueConstraint("cell_id", "kind", "trial_number", "factor",
+                                       name="uq_check"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("vb_cells.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "failing" (afresh) or "reaching" (continued)
+    trial_number: Mapped[int] = mapped_column(Integer)  # the trial it checks
+    factor: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))  # completed, failed, skipped
+    reason: Mapped[str] = mapped_column(Text, default="")
+    err: Mapped[float | None] = mapped_column(Float, nullable=True)
+    err_ucb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    result: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class VerdictRow(Base):
+    """A frontier point's convergence verdict, for the N* trial it was judged on."""
+
+    __tablename__ = "vb_verdicts"
+    __table_args__ = (UniqueConstraint("cell_id", "eps", name="uq_verdict_cell_eps"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("vb_cells.id", ondelete="CASCADE"), index=True)
+    eps: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(20))
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    n_star: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    detail: Mapped[dict] = mapped_column(JSON)
 
 
 class LeaseRow(Base):
@@ -348,6 +387,15 @@ class ResultsView:
             select(FrontierRow).where(FrontierRow.cell_id == cell_id)
             .order_by(FrontierRow.eps.desc()))))
 
+    def checks(self, cell_id: int) -> list[CheckRow]:
+        return self._run(lambda s: list(s.scalars(
+            select(CheckRow).where(CheckRow.cell_id == cell_id).order_by(CheckRow.id))))
+
+    def verdicts(self, cell_id: int) -> list[VerdictRow]:
+        return self._run(lambda s: list(s.scalars(
+            select(VerdictRow).where(VerdictRow.cell_id == cell_id)
+            .order_by(VerdictRow.eps.desc()))))
+
     def lease(self, sweep: str) -> Holder | None:
         """Who holds the sweep's lease, if anyone (expired or not)."""
         row = self._run(lambda s: s.get(LeaseRow, sweep))
@@ -526,14 +574,17 @@ class ResultsStore(ResultsView):
         return self._run(work)
 
     def upsert_cell(self, sweep_id: int, study_name: str, variant: str, family: str,
-                    target: str, lipschitz: float) -> int:
+                    target: str, lipschitz: float, budget: dict | None = None) -> int:
         def work(s: Session):
             row = s.scalar(select(CellRow).where(CellRow.study_name == study_name))
             if row is None:
                 row = CellRow(sweep_id=sweep_id, study_name=study_name, variant=variant,
-                              family=family, target=target, lipschitz=lipschitz, reference={})
+                              family=family, target=target, lipschitz=lipschitz, reference={},
+                              budget=budget)
                 s.add(row)
                 s.flush()
+            elif budget is not None and row.budget is None:  # a cell from before 0003
+                row.budget = budget
             return row.id
         return self._run(work)
 
@@ -564,6 +615,33 @@ class ResultsStore(ResultsView):
         transaction; how many were new (a resume deriving missing setting rows)."""
         def work(s: Session):
             return sum(_insert_trial(s, c, n, res, run_id) for c, n, res, run_id in rows)
+        return self._run(work)
+
+    def record_check(self, cell_id: int, kind: str, number: int, factor: int,
+                     result: dict) -> bool:
+        """A check trial's result, once; False (and no write) if it is already there."""
+        def work(s: Session):
+            exists = s.scalar(select(CheckRow.id).where(
+                CheckRow.cell_id == cell_id, CheckRow.kind == kind,
+                CheckRow.trial_number == number, CheckRow.factor == factor))
+            if exists is not None:
+                return False
+            s.add(CheckRow(
+                cell_id=cell_id, kind=kind, trial_number=number, factor=factor,
+                steps=int((result.get("config") or {}).get("steps", 0)),
+                status=result["status"], reason=result.get("reason", ""),
+                err=result.get("err"), err_ucb=result.get("err_ucb"), result=_json_safe(result)))
+            return True
+        return self._run(work)
+
+    def replace_verdicts(self, cell_id: int, verdicts: list[dict]) -> None:
+        """The cell's verdicts, one per ε (dicts with eps, verdict, trial, n_star, ...)."""
+        def work(s: Session):
+            s.execute(delete(VerdictRow).where(VerdictRow.cell_id == cell_id))
+            for v in verdicts:
+                s.add(VerdictRow(cell_id=cell_id, eps=v["eps"], verdict=v["verdict"],
+                                 trial_number=v.get("trial"), n_star=v.get("n_star"),
+                                 detail=_json_safe(v)))
         return self._run(work)
 
     def set_trial_run_id(self, cell_id: int, number: int, run_id: str,

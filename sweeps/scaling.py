@@ -7,7 +7,9 @@ each cell and recomputes the frontier, so the noise of the search itself is
 in them. When the points cannot identify the law the fit says so instead of
 printing numbers: fewer than 4 reached points, one N* shared by all of them,
 or a single L (no β) or a single ε (no γ); a parameter that cannot be
-identified is reported as None.
+identified is reported as None. Where a convergence check ran, a cell keeps
+only its converged points (``CellTrials.keep_eps``) and the fit says how many
+reached points it dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class CellTrials:
 
     lipschitz: float
     trials: tuple[TrialPoint, ...]
+    # the ε whose points may enter the fit (the converged ones); None: every reached point
+    keep_eps: frozenset[float] | None = None
 
 
 @dataclass
@@ -42,6 +46,7 @@ class ScalingFit:
     beta_ci: tuple[float, float] | None = None
     gamma_ci: tuple[float, float] | None = None
     note: str = ""
+    n_dropped: int = 0  # reached points left out: not judged converged
     points: list[tuple[float, float, int]] = field(default_factory=list)  # (L, ε, N*)
 
     @property
@@ -52,11 +57,13 @@ class ScalingFit:
         return asdict(self)
 
 
-def reached_points(cells: Sequence[CellTrials], eps: Sequence[float]) -> list[tuple[float, float, int]]:
+def reached_points(cells: Sequence[CellTrials], eps: Sequence[float],
+                   all_points: bool = False) -> list[tuple[float, float, int]]:
+    """(L, ε, N*) of each reached point a cell keeps (``all_points``: every reached one)."""
     pts = []
     for c in cells:
         for p in frontier(c.trials, eps):
-            if p.reached:
+            if p.reached and (all_points or c.keep_eps is None or p.eps in c.keep_eps):
                 pts.append((c.lipschitz, p.eps, p.n_star))
     return pts
 
@@ -120,17 +127,23 @@ def fit_scaling(
     seed: int = 0,
 ) -> ScalingFit:
     points = reached_points(cells, eps)
-    fit = ScalingFit(group=group, n_points=len(points), points=points)
+    dropped = len(reached_points(cells, eps, all_points=True)) - len(points)
+    fit = ScalingFit(group=group, n_points=len(points), points=points, n_dropped=dropped)
+    kept = (f"dropped {dropped} reached point(s) not judged converged" if dropped else "")
     if len(points) < MIN_POINTS:
-        fit.note = f"too few reached points ({len(points)} < {MIN_POINTS}) for a meaningful fit"
+        fit.note = "; ".join(filter(None, [
+            f"too few reached points ({len(points)} < {MIN_POINTS}) for a meaningful fit", kept]))
         return fit
     if len({p[2] for p in points}) < 2:
-        fit.note = "every reached point has the same N* (one trial decides them all): nothing to fit"
+        fit.note = "; ".join(filter(None, [
+            "every reached point has the same N* (one trial decides them all): nothing to fit",
+            kept]))
         return fit
     use_l = len({p[0] for p in points}) > 1
     use_eps = len({p[1] for p in points}) > 1
     if not (use_l or use_eps):
-        fit.note = "one L and one ε among the reached points: nothing to fit"
+        fit.note = "; ".join(filter(None, [
+            "one L and one ε among the reached points: nothing to fit", kept]))
         return fit
     notes = []
     if not use_l:
@@ -146,7 +159,8 @@ def fit_scaling(
     draws = []
     for _ in range(n_boot):
         resampled = [
-            CellTrials(c.lipschitz, tuple(c.trials[j] for j in rng.integers(0, len(c.trials), len(c.trials))))
+            CellTrials(c.lipschitz, tuple(c.trials[j] for j in rng.integers(0, len(c.trials), len(c.trials))),
+                       c.keep_eps)
             for c in cells if c.trials
         ]
         bp = reached_points(resampled, eps)
@@ -166,5 +180,5 @@ def fit_scaling(
         fit.gamma_ci = ci(2) if use_eps else None
     else:
         notes.append(f"only {len(draws)} of {n_boot} bootstrap draws were fittable: no intervals")
-    fit.note = "; ".join(notes)
+    fit.note = "; ".join(notes + ([kept] if kept else []))
     return fit

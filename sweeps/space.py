@@ -73,10 +73,12 @@ def trial_config(
     lipschitz: float,
     params: dict,
     seed: int,
+    steps: int | None = None,
 ) -> TrialConfig:
     """Turn sampled params into a full TrialConfig (width rounded to a multiple of heads).
 
-    The cell and the budget are TrialConfig fields by name; the variant fixes
+    The cell and the budget (``steps``: the cell's, default the spec's first) are
+    TrialConfig fields by name; the variant fixes
     what the search leaves closed; the sampled params override the rest.
     """
     fixed = {name: getattr(variant, name) for name in OPENABLE + FIXED}
@@ -97,5 +99,6 @@ def trial_config(
         chosen["flow_steps"], chosen["flow_solver"] = parse_key(cheapest(keys))
     return TrialConfig(
         model=variant.family, target=target, lipschitz=float(lipschitz),
-        **spec.cells.settings(), **spec.budget.model_dump(), **chosen, eps=tuple(spec.eps), seed=seed,
+        **spec.cells.settings(), **spec.budget.for_steps(steps or spec.budget.step_list[0]),
+        **chosen, eps=tuple(spec.eps), seed=seed,
     )

@@ -119,10 +119,17 @@ class Cells(Strict):
         return self.model_dump(exclude={"models", "targets", "lipschitz"})
 
 
-class Budget(Strict):
-    """The training budget: every field is the TrialConfig field of that name."""
+MAX_BUDGETS = 8  # step budgets in one spec
 
-    steps: PosInt = DEFAULTS.steps
+
+class Budget(Strict):
+    """The training budget: every field is the TrialConfig field of that name.
+
+    ``steps`` may list several budgets (``[400, 1600, 6400]``): each is its own
+    cell (study), so results at different budgets never mix in one frontier.
+    """
+
+    steps: PosInt | list[PosInt] = DEFAULTS.steps
     batch_size: BatchSize = DEFAULTS.batch_size
     lr: PosFloat = DEFAULTS.lr
     warmup: Count0 = DEFAULTS.warmup
@@ -133,6 +140,37 @@ class Budget(Strict):
     replicas: Small = DEFAULTS.replicas  # seeds per trial, trained together
     prune: bool = DEFAULTS.prune  # stop trials that can no longer move the frontier
     p: PNorm = DEFAULTS.p
+
+    @field_validator("steps")
+    @classmethod
+    def _budgets(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("list at least one step budget")
+            if len(v) > MAX_BUDGETS:
+                raise ValueError(f"at most {MAX_BUDGETS} step budgets")
+            if len(set(v)) != len(v):
+                raise ValueError("step budgets must be distinct")
+        return v
+
+    @property
+    def step_list(self) -> list[int]:
+        """The step budgets, one or several."""
+        return list(self.steps) if isinstance(self.steps, list) else [self.steps]
+
+    def for_steps(self, steps: int) -> dict:
+        """The TrialConfig budget fields of the cell trained for ``steps``."""
+        return {**self.model_dump(), "steps": steps}
+
+
+class Check(Strict):
+    """The convergence check (``sweeps.convergence``): after the main loop, each
+    reached frontier point is retrained at ``factor`` times the budget (the
+    largest failing trial below N* afresh, the N* trial continued from its
+    checkpoint). Off by default; the nightly and paper specs turn it on."""
+
+    enabled: bool = False
+    factor: Annotated[int, Field(ge=2, le=8)] = 2
 
 
 class _Range(Strict):
@@ -187,6 +225,7 @@ class SweepSpec(Strict):
     cells: Cells
     eps: EpsGrid
     budget: Budget = Budget()
+    check: Check = Check()
     search: SearchSpace = SearchSpace()
     sampler: Name(SAMPLERS, "sampler") = "frontier"
     trials: PosInt = 20  # per study
@@ -222,13 +261,17 @@ class SweepSpec(Strict):
     def spec_hash(self) -> str:
         """Hash of what the spec says (defaults left out, so a new optional field
         in a later varbench does not orphan existing sweeps; passwords masked, so
-        a rotated one does not make the same sweep "changed")."""
-        blob = json.dumps(self.redacted(exclude_defaults=True), sort_keys=True)
+        a rotated one does not make the same sweep "changed"; the ``check`` section
+        left out, so a check can be turned on for a sweep that already ran)."""
+        data = self.redacted(exclude_defaults=True)
+        data.pop("check", None)  # checks add trials beside the sweep's, never change them
+        blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def cell_keys(self) -> list[tuple[ModelVariant, str, float]]:
-        return [(m, t, L) for m in self.cells.models for t in self.cells.targets
-                for L in self.cells.lipschitz]
+    def cell_keys(self) -> list[tuple[ModelVariant, str, float, int]]:
+        """(variant, target, L, step budget): one study each."""
+        return [(m, t, L, s) for m in self.cells.models for t in self.cells.targets
+                for L in self.cells.lipschitz for s in self.budget.step_list]
 
 
 def printable(text: str) -> str:

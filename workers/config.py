@@ -73,6 +73,13 @@ class TrialConfig:
     # on quick.yaml it stopped the one trial that went on to set N* at ε = 0.035 (README)
     prune: bool = False
     bar: float | None = None  # the error it must beat to matter; the driver sets it
+    # stop once the monitor shows the smallest ε of the grid reached; a convergence
+    # check trains its whole budget (an early stop would hide whether the error moves)
+    early_stop: bool = True
+    # hand back the trained state (``TrialResult.checkpoint``) even when the trial ended
+    # for good, so the driver can keep it and continue the trial at a larger budget
+    # (convergence checks, multi-fidelity); such a trial trains alone, never in a population
+    keep_checkpoint: bool = False
     backend: str = _MODEL.backend
     device: str = "auto"
     # how the training step runs (workers.engine): "eager", "compiled" (torch.compile of
@@ -198,6 +205,9 @@ class TrialResult:
     # with replicas, the best replica at each setting and every replica's replica_err_ucb)
     flow_evals: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    # the training recipe the result is conditional on (``workers.training.recipe``):
+    # steps planned and run, batch size, lr and its schedule, where a continuation began
+    recipe: dict = field(default_factory=dict)
 
     # a paused trial's state (workers.training.train_one); bytes, never in the stores
     checkpoint: bytes | None = field(default=None, repr=False)

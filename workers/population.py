@@ -40,6 +40,7 @@ from varbench.workers.training import (
     lr_factor,
     monitor_batch,
     non_finite,
+    recipe,
     resolve_device,
     stream,
     train_one,
@@ -260,7 +261,7 @@ def _train_population(cfgs: list[TrialConfig], device: torch.device) -> list[Tri
                     continue
                 monitor[i] = error_estimate(pred[i], y_mon[i], c0.p).err_ucb
                 curves[i].monitor_err_ucb.append((step, monitor[i]))
-                if monitor[i] <= eps_min:
+                if c0.early_stop and monitor[i] <= eps_min:
                     alive[i] = False  # early stop, exactly as alone
                 elif rules[i].check(step, monitor[i]) and cfgs[i].prune:
                     status[i], reason[i] = "pruned", rules[i].reason
@@ -274,7 +275,7 @@ def _train_population(cfgs: list[TrialConfig], device: torch.device) -> list[Tri
     for i, c in enumerate(cfgs):
         res = TrialResult(status=status[i], reason=reason[i], n_params=n_params,
                           n_params_eff=n_eff, flops=flops,
-                          width=c.width, device=str(device), config=c.to_dict(), population=r,
+                          width=c.width, device=str(device), config=c.to_dict(), recipe=recipe(c), population=r,
                           steps_run=steps_run[i], monitor_err=monitor[i],
                           pruned_at=rules[i].fired_at,
                           final_loss=last_loss[i] if math.isfinite(last_loss[i]) else None)

@@ -17,6 +17,7 @@ from varbench.models.reference import reference_errors
 from varbench.models.targets import empirical_lipschitz, make_target
 from varbench.workers.config import TrialConfig
 from varbench.workers.population import run_population
+from varbench.workers.training import train_one
 from varbench.workers.trial import run_trial
 
 FAULT_KILL, FAULT_DIR = "VARBENCH_FAULT_KILL", "VARBENCH_FAULT_DIR"
@@ -41,6 +42,19 @@ def trial_task(cfg: dict, threads: int = 1, key: str = "") -> dict:
     torch.set_num_threads(max(1, threads))
     _maybe_die(key)
     return run_trial(TrialConfig.from_dict(cfg)).to_dict()
+
+
+@ray.remote
+def checkpoint_task(cfg: dict, threads: int = 1, key: str = "",
+                    resume: bytes | None = None) -> tuple[dict, bytes | None]:
+    """One trial that hands its final state back beside its result (``keep_checkpoint``),
+    or continues one from such a state (``resume``: the bytes the driver kept, so a
+    worker needs no shared file system). Always one model alone: populations keep
+    no checkpoints."""
+    torch.set_num_threads(max(1, threads))
+    _maybe_die(key)
+    res = train_one(TrialConfig.from_dict(cfg), resume=resume)
+    return res.to_dict(), res.checkpoint
 
 
 @ray.remote

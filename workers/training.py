@@ -50,12 +50,34 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+SCHEDULE = "warmup-cosine"  # the lr schedule's name, as results record it
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    """Linear warm-up to 1, then cosine decay to 0 at ``total``.
+
+    A trial continued past its budget (``train_one(resume=..)`` with more steps
+    than it was planned with) re-stretches the cosine to the new total and
+    resumes it at the step it stopped: it trains on with exactly the lr tail a
+    fresh run at the larger budget has from that step, so a continued trial and
+    a fresh one at the same budget end on the same annealing (the lr jumps back
+    up once, to about half its peak at 2x; gradient clipping bounds that step).
+    """
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(total - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def recipe(cfg: TrialConfig, continued_from: int | None = None,
+           planned_before: int | None = None) -> dict:
+    """What a result is conditional on: the budget and how it was spent."""
+    out = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+           "warmup": cfg.warmup, "schedule": SCHEDULE, "weight_decay": cfg.weight_decay,
+           "grad_clip": cfg.grad_clip}
+    if continued_from is not None:  # a continuation: the cosine re-stretched (lr_factor)
+        out.update(continued_from=continued_from, planned_before=planned_before)
+    return out
 
 
 def build_target(cfg: TrialConfig, device: torch.device) -> Target:
@@ -154,6 +176,12 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     step, random streams, monitor history; the learning rate follows from the step) in ``result.checkpoint``;
     ``resume`` continues from such a checkpoint. A run paused and resumed ends
     where the uninterrupted run ends (multi-fidelity continues trials this way).
+
+    ``cfg.keep_checkpoint`` hands back the final state of a completed trial too
+    (budget spent, or early stop). Resumed with a larger ``cfg.steps`` than it
+    was planned with, a trial is *continued*: the cosine is re-stretched to the
+    new total (``lr_factor``), its curves go on from the old ones (steps past
+    the original budget), and ``result.recipe`` says where it was continued from.
     """
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
@@ -176,13 +204,17 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     eps_min = min(cfg.eps)
     rule = StopRule(cfg.bar, cfg.steps, cfg.eval_every)
     loss_val = float("nan")
-    start = 0
+    start, planned = 0, cfg.steps
+    curve = Curve(every=curve_every(cfg.steps))  # a resumed run's goes on from the old one
     if resume is not None:
-        start, loss_val = _restore(resume, model, opt, train_gen, rule)
+        start, loss_val, planned = _restore(resume, model, opt, train_gen, rule, curve)
+        # the lr follows from the step under this run's schedule (set_lr below): the same
+        # value on an exact resume; on a continuation, the re-stretched cosine
+    result.recipe = (recipe(cfg, start, planned) if planned != cfg.steps else recipe(cfg))
     step = start
     last = min(cfg.steps, pause_at) if pause_at is not None else cfg.steps
-    curve = Curve(every=curve_every(cfg.steps))  # of this run (a resumed one: from its start)
     t_train = time.perf_counter()
+    paused = False
     with matmul_precision(cfg.matmul_precision):
         for step in range(start + 1, last + 1):
             x = sample_inputs(cfg.inputs, cfg.batch_size, cfg.channels, cfg.s_first, train_gen)
@@ -205,14 +237,16 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
                 model.train()
                 curve.monitor_err_ucb.append((step, mon.err_ucb))
                 result.monitor_err = mon.err_ucb
-                if mon.err_ucb <= eps_min:
+                if cfg.early_stop and mon.err_ucb <= eps_min:
                     break
                 if rule.check(step, mon.err_ucb) and cfg.prune:
                     result.status, result.reason = "pruned", rule.reason
                     break
         else:  # the budget (or the pause) ran out without an early stop
-            if result.status == "completed" and step < cfg.steps:
-                result.checkpoint = _snapshot(step, loss_val, model, opt, train_gen, rule)
+            paused = step < cfg.steps
+    if result.status == "completed" and (paused or cfg.keep_checkpoint):
+        result.checkpoint = _snapshot(step, loss_val, model, opt, train_gen, rule,
+                                      cfg.steps, curve)
     result.pruned_at = rule.fired_at
     curve.flush(step, cfg.lr * lr_factor(step - 1, cfg.warmup, cfg.steps))
     result.curves = [curve.to_dict()]
@@ -230,10 +264,16 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
 
 
 def _snapshot(step: int, loss: float, model, opt, gen: torch.Generator,
-              rule: StopRule) -> bytes:
-    """Everything a paused trial needs to go on exactly where it stopped."""
+              rule: StopRule, planned: int, curve: Curve) -> bytes:
+    """Everything a paused trial needs to go on exactly where it stopped (and its
+    planned total and curves, so a continuation knows what it continues). The
+    learning rate is not kept: it follows from the step (``set_lr``)."""
     buf = io.BytesIO()
-    torch.save({"step": step, "loss": loss, "model": model.state_dict(),
+    torch.save({"step": step, "loss": loss, "planned": planned,
+                "curve": {"loss": [list(p) for p in curve.loss],
+                          "monitor_err_ucb": [list(p) for p in curve.monitor_err_ucb],
+                          "lr": [list(p) for p in curve.lr], "sum": curve._sum, "n": curve._n},
+                "model": model.state_dict(),
                 "opt": opt.state_dict(),
                 "gen": gen.get_state(), "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -243,7 +283,8 @@ def _snapshot(step: int, loss: float, model, opt, gen: torch.Generator,
 
 
 def _restore(blob: bytes, model, opt, gen: torch.Generator,
-             rule: StopRule) -> tuple[int, float]:
+             rule: StopRule, curve: Curve) -> tuple[int, float, int]:
+    """Load a snapshot into a fresh trial; returns (step, last loss, planned total)."""
     state = torch.load(io.BytesIO(blob), weights_only=True)  # tensors and plain data only
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])  # the learning rate is set from the step (set_lr)
@@ -253,7 +294,13 @@ def _restore(blob: bytes, model, opt, gen: torch.Generator,
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     rule.history = list(state["monitor"])
     rule.fired_at, rule.reason = state["fired_at"], state["reason"]
-    return int(state["step"]), float(state["loss"])
+    old = state.get("curve")
+    if old is not None:
+        curve.loss = [tuple(p) for p in old["loss"]]
+        curve.monitor_err_ucb = [tuple(p) for p in old["monitor_err_ucb"]]
+        curve.lr = [tuple(p) for p in old["lr"]]
+        curve._sum, curve._n = float(old["sum"]), int(old["n"])
+    return int(state["step"]), float(state["loss"]), int(state.get("planned", 0))
 
 
 def parse_flow_eval(text: str) -> tuple[int, str]:
