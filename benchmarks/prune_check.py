@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         run_sweep(spec, settings)
         wall = time.perf_counter() - t0
         view = ResultsView(settings.db_url)
-        rows = [t for c in view.cells(view.sweep(spec.name).id) for t in view.trials(c.id)]
+        cells = [sorted(view.trials(c.id), key=lambda t: t.id)  # in the order recorded
+                 for c in view.cells(view.sweep(spec.name).id)]
+        rows = [t for cell in cells for t in cell]
     fired = [t for t in rows if t.result.get("pruned_at") is not None]
     wrong = [t for t in fired if t.err_ucb is not None and t.config.get("bar") is not None
              and t.err_ucb <= t.config["bar"]]
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(t.steps_run for t in rows)
     print(json.dumps({
         "improvement": improvement_table(rows),
+        "rung_25pct": rung_check(cells, list(spec.eps)),
         "spec": args.spec, "trials": len(rows), "wall_s": round(wall, 1),
         "would_prune": len(fired), "wrong_prunes": len(wrong),
         "wrong_rate": len(wrong) / len(fired) if fired else None,
@@ -60,6 +63,35 @@ def main(argv: list[str] | None = None) -> None:
         "wrong": [{"trial": t.number, "n_params": t.n_params, "bar": t.config["bar"],
                    "err_ucb": t.err_ucb, "pruned_at": t.result["pruned_at"]} for t in wrong],
     }, indent=2))
+
+
+def rung_check(cells, eps: list[float], frac: float = 0.25) -> dict:
+    """What multi-fidelity could save: a rung at ``frac`` of the budget that judges each
+    trial against the freshest bar there could be (every trial recorded before it
+    finished) with the stopping rule's bound. Trials whose bar is 0 (a smaller trial
+    reached every ε) are counted apart: the sampler no longer asks for them."""
+    from varbench.sweeps.frontier import TrialPoint, bar_for, frontier
+    from varbench.workers.stopping import SAFETY, improvement_bound
+
+    stop, wrong, saved, zero, steps = 0, 0, 0, 0, 0
+    for trials in cells:
+        for i, t in enumerate(trials):
+            steps += t.steps_run
+            prev = [TrialPoint(u.number, u.n_params, u.err_ucb, u.status) for u in trials[:i]]
+            bar = bar_for(frontier(prev, eps), t.n_params)
+            at = {int(s): float(e) for s, e in (t.result.get("curves") or [{}])[0]
+                  .get("monitor_err_ucb", [])}
+            err = at.get(int(frac * t.config["steps"]))
+            if bar is None or err is None:
+                continue
+            if bar == 0:
+                zero += 1
+            elif err > SAFETY * improvement_bound(frac) * bar:
+                stop += 1
+                saved += t.steps_run - int(frac * t.config["steps"])
+                wrong += int(t.err_ucb is not None and t.err_ucb <= bar)
+    return {"would_stop": stop, "wrong": wrong, "steps_saved": saved, "steps_run": steps,
+            "bar_zero_trials": zero}
 
 
 def improvement_table(rows, fracs=(0.25, 0.375, 0.5, 0.75)) -> dict[str, float | None]:
