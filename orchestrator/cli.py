@@ -380,13 +380,14 @@ def _print_frontier(rows: list[dict]) -> None:
     mark = {True: " ✓", False: " ✗", None: ""}  # beside N*: the table stays within 80 columns
     for (variant, target, steps), group in groups.items():
         at = f" · {steps} steps" if several else ""
-        factor = next((r["check"]["factor"] for r in group if r.get("check")), 2)
+        factor = next((r["check"]["factor"] for r in group if r.get("check")), None)
+        legend = ("" if factor is None else  # only where a convergence check ran
+                  f"\n✓ converged (holds at {factor}x the budget) · ✗ budget-limited "
+                  "· unmarked: unchecked")
         table = Table(title=f"{variant} · {target}{at}: N*(ε, L), the smallest N with "
                             "err_ucb ≤ ε under this training budget",
                       caption=f"recipe: {recipe_text(group[0].get('recipe') or {})}\n"
-                              "n.r.: not reached under this budget (censored)\n"
-                              f"✓ converged (holds at {factor}x the budget) · ✗ budget-limited "
-                              "· unmarked: unchecked",
+                              "n.r.: not reached under this budget (censored)" + legend,
                       box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
         for col in ("L", "ε", "N*", "95% interval", "trial", "err_ucb", "config / censored"):
             table.add_column(col, justify="left" if col == "config / censored" else "right")

@@ -170,7 +170,8 @@ class Driver:
             space = search_space(spec, variant)
             study = self.studies.open(spec, name, space, attrs={
                 "sweep": spec.name, "cell": name, "variant": variant.label, "target": target,
-                "lipschitz": lip, "eps": list(spec.eps), "spec_hash": spec.spec_hash()})
+                "lipschitz": lip, "eps": list(spec.eps), "spec_hash": spec.spec_hash()},
+                family=variant.family)
             # FlowAR: one training per trial, one frontier per inference setting
             keys = flow_settings(spec) if variant.family == "flowar" else []
             cell_id = rec.open_cell(name, variant, target, lip, space,
@@ -212,9 +213,11 @@ class Driver:
         c, b = self.spec.cells, self.spec.budget
         missing = self.recorder.cells_without_reference()
         todo = [cell for cell in self.cells if cell.cell_id in missing]
+        # seeded by the cell without its budget: one target has one reference at every budget
         refs = [reference_task.remote(cell.target, cell.lipschitz, c.channels, c.s_first,
                                       c.s_last, c.target_seed, c.inputs, float(b.p),
-                                      trial_seed(self.spec, cell.study_name, -1))  # the cell's
+                                      trial_seed(self.spec, cell.study_name.split(":steps=")[0],
+                                                 -1))
                 for cell in todo]
         for cell, ref in zip(todo, ray.get(refs)):
             self.recorder.record_reference(cell.cell_id, cell.study_name, ref)

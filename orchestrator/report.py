@@ -29,6 +29,7 @@ from varbench.sweeps.convergence import CONVERGED  # noqa: E402
 from varbench.sweeps.frontier import (  # noqa: E402
     N_BOOT,
     TrialPoint,
+    frontier,
     pareto_front,
 )
 from varbench.sweeps.scaling import CellTrials, ScalingFit, fit_scaling  # noqa: E402
@@ -83,13 +84,18 @@ def scaling_fits(cells, trials, eps, n_boot: int = N_BOOT, verdicts: dict | None
     several = len({_steps(c) for c in cells}) > 1
     groups: dict[str, list[CellTrials]] = defaultdict(list)
     for c in cells:
-        keep = (frozenset(v.eps for v in verdicts.get(c.id, []) if v.verdict == CONVERGED)
-                if checked else None)
         at = f" / {_steps(c)} steps" if several else ""
         by_interp: dict[str, list[TrialPoint]] = defaultdict(list)
         for t in trials[c.id]:
             tp = TrialPoint(t.number, t.n_params, t.err_ucb, t.status)
             by_interp[(t.config or {}).get("interp", "?")].append(tp)
+        keep = None  # a cell no check judged (e.g. a FlowAR setting cell) keeps its points
+        if checked and verdicts.get(c.id):
+            # a verdict counts only while its trial is still the point's N* trial
+            now = {p.eps: p.trial_number for p in frontier(
+                [tp for pts in by_interp.values() for tp in pts], eps)}
+            keep = frozenset(v.eps for v in verdicts[c.id] if v.verdict == CONVERGED
+                             and now.get(v.eps) == v.trial_number)
         for interp, pts in by_interp.items():
             groups[f"{c.variant} / {c.target}{at} / {interp}"].append(
                 CellTrials(c.lipschitz, tuple(pts), keep))

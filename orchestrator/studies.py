@@ -50,10 +50,10 @@ class Studies:
         self.storage = retry(lambda: optuna_storage(url))
 
     def open(self, spec: SweepSpec, name: str, space: dict[str, BaseDistribution],
-             attrs: dict | None = None) -> optuna.Study:
+             attrs: dict | None = None, family: str = "var") -> optuna.Study:
         """The cell's study, with named objectives (dashboards show them) and ``attrs``
         (sweep, cell, ε grid, spec hash) as user attributes."""
-        sampler = make_sampler(spec.sampler, spec.eps, space, seed=spec.seed)
+        sampler = make_sampler(spec.sampler, spec.eps, space, seed=spec.seed, family=family)
         study = retry(lambda: optuna.create_study(
             storage=self.storage, study_name=name, sampler=sampler, directions=DIRECTIONS,
             load_if_exists=True))

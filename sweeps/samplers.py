@@ -13,6 +13,9 @@ there, one combination a trial: at the boundary they move N* too. When every
 a configuration already run; once every ε is reached, those random widths stay
 at or below the width of the largest N* (``_useful_high``): a larger model
 cannot lower any N*, so a trial there is spent on nothing the frontier shows.
+That holds where width alone sets N (``cap_width``): not where depth, the FFN
+ratio or LayerNorm are searched too, nor for FlowAR, whose study is told the
+best error over its inference settings while each setting has a frontier.
 Pruned trials count as tried sizes that reached no ε.
 """
 
@@ -32,6 +35,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from varbench.workers.errors import UserError
 
+# searched settings that change N at a given width (heads do not: width is rounded to them)
+N_SETTINGS = frozenset({"depth", "ffn_ratio", "layernorm"})
+
 
 class FrontierSampler(BaseSampler):
     def __init__(
@@ -42,12 +48,14 @@ class FrontierSampler(BaseSampler):
         ratio_tol: float = 1.25,
         explore: float = 0.2,
         seed: int | None = None,
+        cap_width: bool = True,
     ):
         self._eps = sorted(float(e) for e in eps)
         self._size = size_param
         self._n_startup = n_startup
         self._ratio_tol = ratio_tol
         self._explore = explore
+        self._cap = cap_width
         self._rng = np.random.RandomState(seed)
         self._random = RandomSampler(seed=seed)
 
@@ -84,7 +92,7 @@ class FrontierSampler(BaseSampler):
             probe = self._boundary(done, pending, search_space)
         if probe is None:
             space = dict(search_space)
-            high = self._useful_high(done, dist)
+            high = self._useful_high(done, dist) if self._cap else None
             if high is not None:
                 space[self._size] = IntDistribution(dist.low, high, log=dist.log)
             return self._novel(trials, space, study, trial)
@@ -220,11 +228,13 @@ def grid_values(space: dict[str, BaseDistribution]) -> dict[str, list]:
 
 
 def make_sampler(
-    name: str, eps: Sequence[float], space: dict[str, BaseDistribution], seed: int
+    name: str, eps: Sequence[float], space: dict[str, BaseDistribution], seed: int,
+    family: str = "var",
 ) -> BaseSampler:
     """Samplers by name: frontier (ours), tpe, nsga2, gp, random, grid."""
     if name == "frontier":
-        return FrontierSampler(eps, seed=seed)
+        return FrontierSampler(eps, seed=seed, cap_width=family != "flowar" and not (
+            set(space) & N_SETTINGS))
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "nsga2":

@@ -141,6 +141,15 @@ class Budget(Strict):
     prune: bool = DEFAULTS.prune  # stop trials that can no longer move the frontier
     p: PNorm = DEFAULTS.p
 
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _whole_numbers(cls, v):
+        # YAML's true/"60" are not step counts (pydantic would read them as 1 and 60)
+        for x in v if isinstance(v, list) else [v]:
+            if isinstance(x, bool) or not isinstance(x, int):
+                raise ValueError(f"a step budget is a whole number, or a list of them: got {x!r}")
+        return v
+
     @field_validator("steps")
     @classmethod
     def _budgets(cls, v):
@@ -279,17 +288,30 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
+def _is_branch(part) -> bool:
+    """A union branch pydantic names in a location (``constrained-int``,
+    ``list[constrained-int]``): not a field a user wrote."""
+    return isinstance(part, str) and not part.isidentifier()
+
+
 def _loc(err: dict) -> str:
-    return printable(".".join(str(p) for p in err["loc"])) or "spec"
+    parts = [p for p in err["loc"] if not _is_branch(p)]
+    return printable(".".join(str(p) for p in parts)) or "spec"
 
 
 def spec_errors(exc: ValidationError) -> list[str]:
-    """One line per problem, each starting with the field's dotted path."""
-    lines = []
+    """One line per problem, each starting with the field's dotted path.
+
+    A field that takes one of several forms (``budget.steps``: a number or a
+    list) fails once per form; only the most specific failure is shown (the
+    deepest location: ``[0]`` fails as a list item, not as "not an integer")."""
+    best: dict[tuple, dict] = {}
     for e in exc.errors():
-        msg = printable(e["msg"].removeprefix("Value error, "))
-        lines.append(f"{_loc(e)}: {msg}")
-    return lines
+        key = tuple(p for p in e["loc"] if not _is_branch(p) and not isinstance(p, int))
+        if key not in best or len(e["loc"]) > len(best[key]["loc"]):
+            best[key] = e
+    return [f"{_loc(e)}: {printable(e['msg'].removeprefix('Value error, '))}"
+            for e in best.values()]
 
 
 class SpecError(UserError):

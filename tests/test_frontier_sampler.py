@@ -169,3 +169,15 @@ def test_frontier_sampler_spends_no_trial_above_the_largest_n_star_once_all_eps_
         checked += 1
     assert checked >= 10  # most of the 40 trials were asked with every ε reached
     assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)
+
+
+def test_width_cap_only_where_width_alone_sets_n():
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from varbench.sweeps.samplers import make_sampler
+
+    plain = {"width": IntDistribution(4, 64, log=True)}
+    assert make_sampler("frontier", [0.1], plain, seed=0)._cap
+    deep = {**plain, "depth": CategoricalDistribution([1, 2])}  # N no longer follows width
+    assert not make_sampler("frontier", [0.1], deep, seed=0)._cap
+    assert not make_sampler("frontier", [0.1], plain, seed=0, family="flowar")._cap

@@ -207,7 +207,7 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     start, planned = 0, cfg.steps
     curve = Curve(every=curve_every(cfg.steps))  # a resumed run's goes on from the old one
     if resume is not None:
-        start, loss_val, planned = _restore(resume, model, opt, train_gen, rule, curve)
+        start, loss_val, planned = _restore(resume, model, opt, train_gen, rule, curve, planned)
         # the lr follows from the step under this run's schedule (set_lr below): the same
         # value on an exact resume; on a continuation, the re-stretched cosine
     result.recipe = (recipe(cfg, start, planned) if planned != cfg.steps else recipe(cfg))
@@ -283,8 +283,9 @@ def _snapshot(step: int, loss: float, model, opt, gen: torch.Generator,
 
 
 def _restore(blob: bytes, model, opt, gen: torch.Generator,
-             rule: StopRule, curve: Curve) -> tuple[int, float, int]:
-    """Load a snapshot into a fresh trial; returns (step, last loss, planned total)."""
+             rule: StopRule, curve: Curve, planned: int) -> tuple[int, float, int]:
+    """Load a snapshot into a fresh trial; returns (step, last loss, planned total).
+    A snapshot without its planned total (older ones) was planned as ``planned``."""
     state = torch.load(io.BytesIO(blob), weights_only=True)  # tensors and plain data only
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])  # the learning rate is set from the step (set_lr)
@@ -300,7 +301,7 @@ def _restore(blob: bytes, model, opt, gen: torch.Generator,
         curve.monitor_err_ucb = [tuple(p) for p in old["monitor_err_ucb"]]
         curve.lr = [tuple(p) for p in old["lr"]]
         curve._sum, curve._n = float(old["sum"]), int(old["n"])
-    return int(state["step"]), float(state["loss"]), int(state.get("planned", 0))
+    return int(state["step"]), float(state["loss"]), int(state.get("planned", planned))
 
 
 def parse_flow_eval(text: str) -> tuple[int, str]:
