@@ -259,3 +259,29 @@ def test_the_check_section_leaves_the_spec_hash_alone(tmp_path):
     plain, _ = _sweep(tmp_path, "h")
     checked, _ = _sweep(tmp_path, "h", check={"enabled": True, "factor": 4})
     assert plain.spec_hash() == checked.spec_hash() and checked.check.factor == 4
+
+
+def test_fits_keep_unjudged_cells_and_drop_outdated_verdicts():
+    from types import SimpleNamespace as NS
+
+    from varbench.orchestrator.report import scaling_fits
+
+    def cell(i, lip):
+        return NS(id=i, variant="var", target="mlp", lipschitz=lip, reference={}, budget=None)
+
+    def trial(n, size, err):
+        return NS(number=n, n_params=size, err_ucb=err, status="completed",
+                  config={"interp": "bicubic"})
+
+    eps = [0.1, 0.05]
+    cells = [cell(1, 1.0), cell(2, 2.0)]
+    trials = {1: [trial(0, 100, 0.08), trial(1, 400, 0.04)],
+              2: [trial(0, 300, 0.09), trial(1, 900, 0.045)]}
+    # cell 1 judged: ε=0.1 converged for trial 0 (its N*), ε=0.05 converged for a trial
+    # that is no longer N* (outdated); cell 2 never judged (e.g. a FlowAR setting cell)
+    verdicts = {1: [NS(eps=0.1, verdict=CONVERGED, trial_number=0),
+                    NS(eps=0.05, verdict=CONVERGED, trial_number=7)]}
+    fits = {f.group: f for f in scaling_fits(cells, trials, eps, n_boot=20, verdicts=verdicts)}
+    pooled = fits["var / mlp / pooled"]
+    assert pooled.n_dropped == 1  # only the outdated verdict's point
+    assert pooled.n_points == 3  # cell 1 at ε=0.1, and both of cell 2's points

@@ -73,3 +73,20 @@ def test_spec_hash_ignores_fields_left_at_their_defaults():
     assert parse_spec(d).spec_hash() == a
     d["budget"]["replicas"] = 2
     assert parse_spec(d).spec_hash() != a
+
+
+@pytest.mark.parametrize("steps,field,words", [
+    (0, "budget.steps", "greater than or equal to 1"),
+    ([0], "budget.steps.0", "greater than or equal to 1"),
+    ([60, True], "budget.steps", "whole number"),
+    ("60", "budget.steps", "whole number"),
+])
+def test_bad_step_budget_is_one_line_naming_the_field(steps, field, words):
+    # budget.steps is a number or a list: pydantic fails once per form, the user sees one
+    d = _base()
+    d.setdefault("budget", {})["steps"] = steps
+    with pytest.raises(SpecError) as exc:
+        parse_spec(d)
+    assert len(exc.value.problems) == 1, exc.value.problems
+    line = exc.value.problems[0]
+    assert line.startswith(f"{field}:") and words in line and "constrained" not in line
