@@ -48,7 +48,7 @@ class VARConfig:
     layernorm: bool = False
     pos: str = "sincos"  # "sincos" (parameter-free) or "learned" (counted in N)
     # "var": VAR's width-aware init; "normal": nanoGPT's N(0, 0.02) (see init_weights).
-    # var: smaller N* at 9 of 10 points of two nightly cells, never larger (README)
+    # var: smaller N* at 7 of 10 points of two nightly cells, never larger (README)
     init: str = "var"
     backend: str = "auto"
 
