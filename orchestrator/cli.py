@@ -384,10 +384,12 @@ def _print_frontier(rows: list[dict]) -> None:
         legend = ("" if factor is None else  # only where a convergence check ran
                   f"\n✓ converged (holds at {factor}x the budget) · ✗ budget-limited "
                   "· unmarked: unchecked")
+        # the title fits 80 columns; the caption says what N* is conditional on
         table = Table(title=f"{variant} · {target}{at}: N*(ε, L), the smallest N with "
-                            "err_ucb ≤ ε under this training budget",
+                            "err_ucb ≤ ε",
                       caption=f"recipe: {recipe_text(group[0].get('recipe') or {})}\n"
-                              "n.r.: not reached under this budget (censored)" + legend,
+                              "N* holds under this training budget; n.r.: not reached "
+                              "(censored)" + legend,
                       box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
         for col in ("L", "ε", "N*", "95% interval", "trial", "err_ucb", "config / censored"):
             table.add_column(col, justify="left" if col == "config / censored" else "right")

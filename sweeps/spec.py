@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -288,10 +289,14 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
+_BRANCH = re.compile(r"^[a-z]+(-[a-z]+)+$|^[a-z-]+\[.*\]$")
+
+
 def _is_branch(part) -> bool:
     """A union branch pydantic names in a location (``constrained-int``,
-    ``list[constrained-int]``): not a field a user wrote."""
-    return isinstance(part, str) and not part.isidentifier()
+    ``list[constrained-int]``): not a field a user wrote (an unknown key, even
+    ``0`` or one with control characters, is still named)."""
+    return isinstance(part, str) and bool(_BRANCH.match(part))
 
 
 def _loc(err: dict) -> str:
@@ -306,9 +311,11 @@ def spec_errors(exc: ValidationError) -> list[str]:
     list) fails once per form; only the most specific failure is shown (the
     deepest location: ``[0]`` fails as a list item, not as "not an integer")."""
     best: dict[tuple, dict] = {}
-    for e in exc.errors():
-        key = tuple(p for p in e["loc"] if not _is_branch(p) and not isinstance(p, int))
-        if key not in best or len(e["loc"]) > len(best[key]["loc"]):
+    for i, e in enumerate(exc.errors()):
+        loc = e["loc"]
+        cut = next((k for k, p in enumerate(loc) if _is_branch(p)), None)
+        key = tuple(loc[:cut]) if cut is not None else (i,)  # a union's forms share one key
+        if key not in best or len(loc) > len(best[key]["loc"]):
             best[key] = e
     return [f"{_loc(e)}: {printable(e['msg'].removeprefix('Value error, '))}"
             for e in best.values()]

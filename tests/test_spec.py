@@ -90,3 +90,11 @@ def test_bad_step_budget_is_one_line_naming_the_field(steps, field, words):
     assert len(exc.value.problems) == 1, exc.value.problems
     line = exc.value.problems[0]
     assert line.startswith(f"{field}:") and words in line and "constrained" not in line
+
+
+def test_two_bad_items_of_one_list_are_two_lines():
+    d = _base()
+    d["eps"] = [-1, -2]
+    with pytest.raises(SpecError) as exc:
+        parse_spec(d)
+    assert [p.split(":")[0] for p in exc.value.problems] == ["eps.0", "eps.1"]
