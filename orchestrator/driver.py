@@ -216,8 +216,8 @@ class Driver:
         # seeded by the cell without its budget: one target has one reference at every budget
         refs = [reference_task.remote(cell.target, cell.lipschitz, c.channels, c.s_first,
                                       c.s_last, c.target_seed, c.inputs, float(b.p),
-                                      trial_seed(self.spec, cell.study_name.split(":steps=")[0],
-                                                 -1))
+                                      trial_seed(self.spec, cell.study_name.removesuffix(
+                                          b.name_suffix(cell.steps)), -1))
                 for cell in todo]
         for cell, ref in zip(todo, ray.get(refs)):
             self.recorder.record_reference(cell.cell_id, cell.study_name, ref)

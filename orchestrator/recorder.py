@@ -31,7 +31,12 @@ from varbench.orchestrator.settings import Settings, check_workdir
 from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url, sqlite_path
 from varbench.orchestrator.tracking import TRIAL_TAG, Tracker, git_commit, source_tags
 from varbench.sweeps.frontier import FrontierPoint, frontier, frontier_intervals
-from varbench.sweeps.inference import setting_cell_name, setting_label, setting_result
+from varbench.sweeps.inference import (
+    parse_key,
+    setting_cell_name,
+    setting_label,
+    setting_result,
+)
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 
 T = TypeVar("T")
@@ -161,9 +166,8 @@ class Recorder:
         steps = steps or self.spec.budget.step_list[0]
         primary = next((c for c in self.store.cells(self.sweep_id) if c.id == cell_id), None)
         for key in settings:
-            name = setting_cell_name(self.sweep, variant.label, key, target, lipschitz)
-            if len(self.spec.budget.step_list) > 1:  # as the study is named (studies.study_name)
-                name += f":steps={steps}"
+            name = (setting_cell_name(self.sweep, variant.label, key, target, lipschitz)
+                    + self.spec.budget.name_suffix(steps))  # as the study is named
             label = setting_label(variant.label, key)
             cid = self.store.upsert_cell(self.sweep_id, name, label, variant.family, target,
                                          lipschitz, cell_recipe(self.spec, steps))
@@ -544,7 +548,7 @@ def _parent_note(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz:
     c, b = spec.cells, spec.budget
     flow = ""
     if setting:
-        n_steps, _, solver = setting.partition(":")
+        n_steps, solver = parse_key(setting)
         flow = (f"\n\nInference setting: {n_steps} {solver} step(s) per scale. Each FlowAR "
                 "trial trains once and is scored at every setting of the spec; each "
                 "setting is its own frontier. " + (

@@ -29,10 +29,7 @@ def study_name(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz: f
                steps: int | None = None) -> str:
     """``<sweep>:<variant>:<target>:L=<L>``, and ``:steps=<S>`` when the spec lists
     several budgets (a single-budget spec keeps the names its sweeps resume by)."""
-    name = f"{spec.name}:{variant.label}:{target}:L={lipschitz:g}"
-    if len(spec.budget.step_list) > 1:
-        name += f":steps={steps if steps is not None else spec.budget.step_list[0]}"
-    return name
+    return f"{spec.name}:{variant.label}:{target}:L={lipschitz:g}" + spec.budget.name_suffix(steps)
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:

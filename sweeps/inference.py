@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 
 from varbench.models.flowar import SOLVERS
+from varbench.workers.config import parse_flow_eval
 
 # velocity evaluations per integration step, per solver (Heun evaluates twice)
 EVALS_PER_STEP = {"euler": 1, "heun": 2}
@@ -53,9 +54,7 @@ def setting_key(steps: int, solver: str) -> str:
     return f"{int(steps)}:{solver}"
 
 
-def parse_key(key: str) -> tuple[int, str]:
-    steps, _, solver = key.partition(":")
-    return int(steps), solver
+parse_key = parse_flow_eval  # "4:euler" -> (4, "euler"), the worker's own reading
 
 
 def cost(key: str) -> int:

@@ -168,6 +168,14 @@ class Budget(Strict):
         """The step budgets, one or several."""
         return list(self.steps) if isinstance(self.steps, list) else [self.steps]
 
+    def name_suffix(self, steps: int | None = None) -> str:
+        """``:steps=<S>`` in the name of a cell trained for ``steps`` (default the first)
+        when the spec lists several budgets; "" for a single budget, so a single-budget
+        spec keeps the names its sweeps resume by."""
+        if len(self.step_list) < 2:
+            return ""
+        return f":steps={steps if steps is not None else self.step_list[0]}"
+
     def for_steps(self, steps: int) -> dict:
         """The TrialConfig budget fields of the cell trained for ``steps``."""
         return {**self.model_dump(), "steps": steps}

@@ -129,6 +129,12 @@ class TrialConfig:
         return cls(**d)
 
 
+def parse_flow_eval(text: str) -> tuple[int, str]:
+    """ "4:heun" -> (4, "heun"): one entry of ``TrialConfig.flow_evals``."""
+    steps, _, solver = text.partition(":")
+    return int(steps), solver
+
+
 CURVE_POINTS = 100  # about this many loss points per curve, whatever the step budget
 
 

@@ -29,7 +29,13 @@ from varbench.models.metrics import (
     per_sample_power,
 )
 from varbench.models.targets import Target, make_target
-from varbench.workers.config import Curve, TrialConfig, TrialResult, curve_every
+from varbench.workers.config import (
+    Curve,
+    TrialConfig,
+    TrialResult,
+    curve_every,
+    parse_flow_eval,
+)
 from varbench.workers.engine import compiled, matmul_precision, resolve_step_mode
 from varbench.workers.stopping import StopRule
 
@@ -270,9 +276,7 @@ def _snapshot(step: int, loss: float, model, opt, gen: torch.Generator,
     learning rate is not kept: it follows from the step (``set_lr``)."""
     buf = io.BytesIO()
     torch.save({"step": step, "loss": loss, "planned": planned,
-                "curve": {"loss": [list(p) for p in curve.loss],
-                          "monitor_err_ucb": [list(p) for p in curve.monitor_err_ucb],
-                          "lr": [list(p) for p in curve.lr], "sum": curve._sum, "n": curve._n},
+                "curve": {**curve.to_dict(), "sum": curve._sum, "n": curve._n},
                 "model": model.state_dict(),
                 "opt": opt.state_dict(),
                 "gen": gen.get_state(), "rng": torch.get_rng_state(),
@@ -302,12 +306,6 @@ def _restore(blob: bytes, model, opt, gen: torch.Generator,
         curve.lr = [tuple(p) for p in old["lr"]]
         curve._sum, curve._n = float(old["sum"]), int(old["n"])
     return int(state["step"]), float(state["loss"]), int(state.get("planned", planned))
-
-
-def parse_flow_eval(text: str) -> tuple[int, str]:
-    """ "4:heun" -> (4, "heun")."""
-    steps, _, solver = text.partition(":")
-    return int(steps), solver
 
 
 def evaluate_flow_settings(model: nn.Module, target, cfg: TrialConfig, device,
