@@ -209,18 +209,22 @@ class Driver:
             self.recorder.close_interrupted(cell.study_name, set(recorded))
 
     def _reference_errors(self) -> None:
-        """Each cell's reference errors, computed once by workers."""
+        """Each cell's reference errors, computed once by workers: once per cell less
+        its budget (one target has one reference at every budget), seeded by that name."""
         c, b = self.spec.cells, self.spec.budget
         missing = self.recorder.cells_without_reference()
-        todo = [cell for cell in self.cells if cell.cell_id in missing]
-        # seeded by the cell without its budget: one target has one reference at every budget
-        refs = [reference_task.remote(cell.target, cell.lipschitz, c.channels, c.s_first,
-                                      c.s_last, c.target_seed, c.inputs, float(b.p),
-                                      trial_seed(self.spec, cell.study_name.removesuffix(
-                                          b.name_suffix(cell.steps)), -1))
-                for cell in todo]
-        for cell, ref in zip(todo, ray.get(refs)):
-            self.recorder.record_reference(cell.cell_id, cell.study_name, ref)
+        todo: dict[str, list[Cell]] = {}
+        for cell in self.cells:
+            if cell.cell_id in missing:
+                todo.setdefault(cell.study_name.removesuffix(b.name_suffix(cell.steps)),
+                                []).append(cell)
+        refs = [reference_task.remote(cells[0].target, cells[0].lipschitz, c.channels,
+                                      c.s_first, c.s_last, c.target_seed, c.inputs,
+                                      float(b.p), trial_seed(self.spec, name, -1))
+                for name, cells in todo.items()]
+        for cells, ref in zip(todo.values(), ray.get(refs)):
+            for cell in cells:
+                self.recorder.record_reference(cell.cell_id, cell.study_name, ref)
 
     # --- the loop ----------------------------------------------------------------
 
