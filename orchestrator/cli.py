@@ -485,13 +485,20 @@ def status(
     view = ResultsView(resolve_settings(workdir, db).db_url)
     view.check()
     rows = sweep_status(view, target)
-    table = Table(title="sweeps")
-    for col in ("sweep", "status", "cell", "model", "trials", "failed"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["sweep"], r["status"], r["cell"], r["model"],
-                      f"{r['done']}/{r['planned']}", str(r["failed"]))
-    _console().print(table)
+    if not rows:
+        _console().print("no sweeps in the results store yet", highlight=False)
+    # one table per sweep, its cells named without the sweep's prefix: a cell of a
+    # budget list or a FlowAR setting ("var-open:fourier:L=4:steps=6400") stays on
+    # one line at 80 columns
+    for sweep in dict.fromkeys(r["sweep"] for r in rows):
+        mine = [r for r in rows if r["sweep"] == sweep]
+        table = Table(title=f"sweep {sweep} · {mine[0]['status']}", title_justify="left")
+        for col in ("cell", "model", "trials", "failed"):
+            table.add_column(col, no_wrap=col == "cell")
+        for r in mine:
+            table.add_row(r["cell"].removeprefix(f"{sweep}:"), r["model"],
+                          f"{r['done']}/{r['planned']}", str(r["failed"]))
+        _console().print(table)
 
 
 @command

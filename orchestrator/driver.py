@@ -53,6 +53,7 @@ from varbench.workers.remote import (
     population_task,
     reference_task,
     trial_task,
+    warm_task,
 )
 from varbench.workers.training import param_count
 
@@ -129,6 +130,7 @@ class Driver:
         self._stop = False  # set by Ctrl-C
         self._restore_sigint: Callable[[], None] | None = None
         self._checked = False
+        self._warming: list[ray.ObjectRef] = []  # warm_task per slot, sent at preflight
         self._sizes: dict[tuple, int] = {}  # N per shape, for the bars
         self._checks_inflight: dict[ray.ObjectRef, tuple[Cell, str, int, dict, str]] = {}
         # where the trials train: one population task per GPU when the spec asks for GPUs
@@ -150,11 +152,31 @@ class Driver:
             self.recorder.check()
             cluster.connect(self.address)
             cluster.check_fits(self.spec.resources.cpus, self.spec.resources.gpus)
+            self._warm_workers()
         except BaseException:
             self._disarm()
             raise
         self._checked = True
         self._check_stop()
+
+    def _warm_workers(self) -> None:
+        """One ``warm_task`` per slot, sent before the stores are set up: the workers
+        import torch and our modules while the driver migrates schemas, opens
+        studies and MLflow runs, instead of after (the reference errors and the
+        first trials used to pay it). With the trials' options, so they land on
+        the workers the trials will use."""
+        options, _ = self._task_options()
+        slots = cluster.capacity(self.spec.resources.cpus, self.spec.resources.gpus)
+        self._warming = [warm_task.options(**options).remote() for _ in range(slots)]
+
+    def _warmed(self) -> None:
+        """Collect the warm-up tasks (done by now, as a rule); one that failed only
+        costs its worker the imports again, so it is logged, never raised."""
+        try:
+            ray.get(self._warming)
+        except ray.exceptions.RayError as exc:
+            log.warning("warming a worker failed: %s", str(exc).splitlines()[0][:200])
+        self._warming = []
 
     def prepare(self) -> None:
         spec, rec = self.spec, self.recorder
@@ -183,6 +205,7 @@ class Driver:
         self._recover()
         self._check_stop()
         self._reference_errors()
+        self._warmed()
         for cell in self.cells:
             cell.done = len(rec.trials(cell.cell_id))
             self._refresh_frontier(cell)

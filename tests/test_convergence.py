@@ -248,6 +248,15 @@ def test_two_budgets_are_two_cells_whose_frontiers_never_mix(tmp_path, ray_local
     assert {r["steps"] for r in rows} == {STEPS, 2 * STEPS}
     assert all(r["recipe"]["steps"] == r["steps"] for r in rows)
     assert {c[2] for c in planted.calls} == {STEPS, 2 * STEPS}
+    # `varbench status` at 80 columns tells the budgets' cells apart, one line each
+    status = CliRunner().invoke(app, ["status", "budgets", "--db", settings.db_url],
+                                env={"COLUMNS": "80"})
+    assert status.exit_code == 0, status.output
+    lines = status.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for cell in cells:
+        short = cell.study_name.removeprefix("budgets:")
+        assert sum(short in line for line in lines) == 1, status.stdout
     # a single-budget spec keeps today's study names (its sweeps resume)
     one, _ = _sweep(tmp_path, "one")
     from varbench.orchestrator.studies import study_name

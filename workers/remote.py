@@ -9,6 +9,7 @@ the tasks' environment (tests of worker death).
 from __future__ import annotations
 
 import os
+import time
 
 import ray
 import torch
@@ -34,6 +35,18 @@ def _maybe_die(key: str) -> None:
         with open(marker, "w") as fh:
             fh.write("killed once\n")
         os._exit(1)
+
+
+@ray.remote
+def warm_task() -> float:
+    """Pay a fresh worker's one-time costs while the driver is still setting up:
+    unpickling this task imported torch and our modules, and the first optimizer
+    imports TorchDynamo (``torch.optim`` wraps ``add_param_group`` in its
+    disable decorator), 1-1.5 s on a 2-core machine. Returns the seconds taken
+    past the imports."""
+    t = time.perf_counter()
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    return time.perf_counter() - t
 
 
 @ray.remote
