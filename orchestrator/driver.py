@@ -563,6 +563,12 @@ class Driver:
                                           f"convergence check: {ran}/{total} at {factor}x"))
         for cell in self.cells:
             self._judge(cell)
+            # only N* trials are ever continued: the other trials' states go
+            keep = {p.trial_number for p in cell.points if p.reached}
+            gone = rec.drop_checkpoints(cell.study_name, keep)
+            if gone:
+                log.info("%s: removed %d checkpoints of trials that are not N*",
+                         cell.study_name, gone)
         return ran
 
     def _judge(self, cell: Cell) -> None:

@@ -349,6 +349,20 @@ class Recorder:
         path = self.settings.workdir / rel
         return path.read_bytes() if path.is_file() else None
 
+    def drop_checkpoints(self, study: str, keep: set[int]) -> int:
+        """Delete the study's checkpoint files but those of ``keep`` (its N* trials);
+        returns how many went. A trial that is not N* once its sweep has ended
+        never becomes N* (later trials can only take a point over), so nothing
+        will continue it; the stored result keeps the path, and
+        ``load_checkpoint`` reads a removed one as absent."""
+        folder = self.settings.workdir / "checkpoints" / _safe(self.sweep) / _safe(study)
+        gone = 0
+        for path in folder.glob("*.pt") if folder.is_dir() else ():
+            if path.stem.isdigit() and int(path.stem) not in keep:
+                path.unlink(missing_ok=True)
+                gone += 1
+        return gone
+
     def record_check(self, cell_id: int, kind: str, number: int, factor: int,
                      result: dict) -> bool:
         """A convergence-check trial, once (resume never redoes a recorded check)."""

@@ -188,6 +188,14 @@ def test_check_marks_budget_limited_then_converged_and_resume_redoes_nothing(
     v = _verdicts(settings, spec)
     reached = [r for r in v.values() if r["reached"]]
     assert reached and all(r["verdict"] in (BUDGET_LIMITED, CONVERGED) for r in reached)
+    # after the checks only the N* trials' states are left on disk
+    kept = 0
+    for cell in cells:
+        on_disk = {int(p.stem) for p in (settings.workdir / "checkpoints" / "loose" /
+                                         cell.study_name.replace(":", "_")).glob("*.pt")}
+        assert on_disk == {r["trial"] for r in reached if r["cell"] == cell.study_name}
+        kept += len(on_disk)
+    assert 0 < kept < 8  # every trial kept one; some were not N*
     with_neighbour = [r for r in reached if r["check"]["failing"] is not None]
     assert with_neighbour and all(r["converged"] is False for r in with_neighbour)
     # the continued trials got the very bytes their trial handed back
