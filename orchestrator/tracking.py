@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import math
+import os
 import socket
 import subprocess
 import time
@@ -65,6 +66,73 @@ def _local_sqlite(uri: str) -> Path | None:
         return None
 
 
+def _template_path() -> Path | None:
+    """Where a migrated, empty MLflow SQLite store is cached, per MLflow version.
+
+    MLflow builds a new SQLite store by running every one of its migrations
+    (2-2.5 s on a 2-core machine, the largest part of a quick sweep's set-up
+    and paid by every test with a fresh work directory); a copy of one it
+    built takes milliseconds. ``VARBENCH_CACHE_DIR``, else the XDG cache.
+    """
+    import mlflow
+
+    root = os.environ.get("VARBENCH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "varbench")
+    if root.lower() in ("", "off", "none"):
+        return None
+    return Path(root) / f"mlflow-{mlflow.__version__}.db"
+
+
+def _from_template(path: Path) -> bool:
+    """Create the store at ``path`` as a copy of the cached template, if there is a
+    valid one. MLflow then adds its Default experiment itself, as for any new store."""
+    import shutil
+    import sqlite3
+
+    template = _template_path()
+    if template is None or not template.is_file():
+        return False
+    try:
+        with sqlite3.connect(f"file:{template}?mode=ro", uri=True) as db:
+            head = db.execute("SELECT version_num FROM alembic_version").fetchall()
+            empty = db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 0
+        db.close()
+        if len(head) != 1 or not empty:
+            return False
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, tmp)
+        tmp.replace(path)
+        return True
+    except (OSError, sqlite3.Error):
+        return False
+
+
+def _save_template(path: Path) -> None:
+    """Cache a just-migrated store (its experiments removed: MLflow recreates the
+    Default one, with this store's artifact location, in each copy). Best effort:
+    a cache that cannot be written only means the next store migrates again."""
+    import sqlite3
+
+    template = _template_path()
+    if template is None:
+        return
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+        src, dst = sqlite3.connect(path), sqlite3.connect(tmp)
+        try:
+            src.backup(dst)  # a consistent snapshot, with MLflow's engine still open
+            dst.execute("DELETE FROM experiment_tags")
+            dst.execute("DELETE FROM experiments")
+            dst.commit()
+        finally:
+            src.close()
+            dst.close()
+        tmp.replace(template)
+    except (OSError, sqlite3.Error):
+        pass
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
         self.uri = tracking_uri
@@ -90,8 +158,11 @@ class Tracker:
 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with directory_lock(path.parent):
+                    fresh = not path.exists() and not _from_template(path)
                     client = MlflowClient(tracking_uri=self.uri)
                     client.search_experiments(max_results=1)
+                    if fresh:  # just migrated: the next new store is a copy of it
+                        _save_template(path)
                 self._client = client
         return self._client
 
