@@ -131,6 +131,7 @@ class Driver:
         self._restore_sigint: Callable[[], None] | None = None
         self._checked = False
         self._warming: list[ray.ObjectRef] = []  # warm_task per slot, sent at preflight
+        self._references: dict[str, ray.ObjectRef] = {}  # reference_task per cell less budget
         self._sizes: dict[tuple, int] = {}  # N per shape, for the bars
         self._checks_inflight: dict[ray.ObjectRef, tuple[Cell, str, int, dict, str]] = {}
         # where the trials train: one population task per GPU when the spec asks for GPUs
@@ -152,26 +153,36 @@ class Driver:
             self.recorder.check()
             cluster.connect(self.address)
             cluster.check_fits(self.spec.resources.cpus, self.spec.resources.gpus)
-            self._warm_workers()
+            self._start_workers()
         except BaseException:
             self._disarm()
             raise
         self._checked = True
         self._check_stop()
 
-    def _warm_workers(self) -> None:
-        """One ``warm_task`` per slot, sent before the stores are set up: the workers
-        import torch and our modules while the driver migrates schemas, opens
-        studies and MLflow runs, instead of after (the reference errors and the
-        first trials used to pay it). With the trials' options, so they land on
-        the workers the trials will use."""
+    def _start_workers(self) -> None:
+        """Send, before the stores are set up, the work that needs none: every
+        cell's reference errors (a resumed cell has them already; computing them
+        again costs a worker 0.1 s) and one ``warm_task`` per slot. The workers
+        import torch and our modules while the driver migrates schemas and opens
+        studies and MLflow runs, instead of after. Warm-ups go with the trials'
+        options, so they land on the workers the trials will use."""
+        c, b = self.spec.cells, self.spec.budget
+        for variant, target, lip, steps in self.spec.cell_keys():
+            key = study_name(self.spec, variant, target, lip, steps).removesuffix(
+                b.name_suffix(steps))
+            if key not in self._references:  # one per cell less its budget, seeded by it
+                self._references[key] = reference_task.remote(
+                    target, lip, c.channels, c.s_first, c.s_last, c.target_seed, c.inputs,
+                    float(b.p), trial_seed(self.spec, key, -1))
         options, _ = self._task_options()
         slots = cluster.capacity(self.spec.resources.cpus, self.spec.resources.gpus)
         self._warming = [warm_task.options(**options).remote() for _ in range(slots)]
 
     def _warmed(self) -> None:
-        """Collect the warm-up tasks (done by now, as a rule); one that failed only
-        costs its worker the imports again, so it is logged, never raised."""
+        """Collect the warm-up tasks (nobody waits on them: trials queue behind them
+        on the workers); one that failed only costs its worker the imports again,
+        so it is logged, never raised."""
         try:
             ray.get(self._warming)
         except ray.exceptions.RayError as exc:
@@ -205,7 +216,6 @@ class Driver:
         self._recover()
         self._check_stop()
         self._reference_errors()
-        self._warmed()
         for cell in self.cells:
             cell.done = len(rec.trials(cell.cell_id))
             self._refresh_frontier(cell)
@@ -232,22 +242,20 @@ class Driver:
             self.recorder.close_interrupted(cell.study_name, set(recorded))
 
     def _reference_errors(self) -> None:
-        """Each cell's reference errors, computed once by workers: once per cell less
-        its budget (one target has one reference at every budget), seeded by that name."""
-        c, b = self.spec.cells, self.spec.budget
+        """Record each cell's reference errors, sent at preflight (``_start_workers``):
+        one result per cell less its budget (one target has one reference at every
+        budget), on each of its cells that has none yet."""
+        b = self.spec.budget
         missing = self.recorder.cells_without_reference()
         todo: dict[str, list[Cell]] = {}
         for cell in self.cells:
             if cell.cell_id in missing:
                 todo.setdefault(cell.study_name.removesuffix(b.name_suffix(cell.steps)),
                                 []).append(cell)
-        refs = [reference_task.remote(cells[0].target, cells[0].lipschitz, c.channels,
-                                      c.s_first, c.s_last, c.target_seed, c.inputs,
-                                      float(b.p), trial_seed(self.spec, name, -1))
-                for name, cells in todo.items()]
-        for cells, ref in zip(todo.values(), ray.get(refs)):
+        for cells, ref in zip(todo.values(), ray.get([self._references[k] for k in todo])):
             for cell in cells:
                 self.recorder.record_reference(cell.cell_id, cell.study_name, ref)
+        self._references = {}
 
     # --- the loop ----------------------------------------------------------------
 
@@ -312,6 +320,7 @@ class Driver:
                 for cell in {id(c): c for c, _, _, _ in done}.values():
                     self._refresh_frontier(cell)  # once per cell, however many finished
                 self._emit()
+            self._warmed()  # long done: the first trials queued behind them on the workers
             if self.spec.check.enabled:
                 checks = self._run_checks()
             ended = "completed"

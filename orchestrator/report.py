@@ -16,24 +16,35 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as mticker  # noqa: E402
-import matplotlib.transforms as mtransforms  # noqa: E402
-
-from varbench.orchestrator.queries import frontier_rows, interval_text, recipe_text  # noqa: E402
-from varbench.orchestrator.store import ResultsView  # noqa: E402
-from varbench.sweeps.convergence import CONVERGED  # noqa: E402
-from varbench.sweeps.frontier import (  # noqa: E402
+from varbench.orchestrator.queries import frontier_rows, interval_text, recipe_text
+from varbench.orchestrator.store import ResultsView
+from varbench.sweeps.convergence import CONVERGED
+from varbench.sweeps.frontier import (
     N_BOOT,
     TrialPoint,
     frontier,
     pareto_front,
 )
-from varbench.sweeps.scaling import CellTrials, ScalingFit, fit_scaling  # noqa: E402
-from varbench.workers.errors import UserError  # noqa: E402
+from varbench.sweeps.scaling import CellTrials, ScalingFit, fit_scaling
+from varbench.workers.errors import UserError
+
+# matplotlib is loaded by the first figure (``_mpl``): the driver publishes the
+# frontier's markdown from this module after every trial that moves it, and the
+# import (about 1 s) used to sit on the sweep's set-up
+plt = mticker = mtransforms = None
+
+
+def _mpl() -> None:
+    global plt, mticker, mtransforms
+    if plt is None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as pyplot
+        import matplotlib.ticker as ticker
+        import matplotlib.transforms as transforms
+
+        plt, mticker, mtransforms = pyplot, ticker, transforms
 
 
 @dataclass
@@ -158,6 +169,7 @@ def _eps_lines(ax, eps) -> None:
 
 
 def _grid(n: int, height: float):
+    _mpl()  # every figure starts here
     cols = 1 if n == 1 else 2
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(FIG_WIDTH, height * rows), squeeze=False)

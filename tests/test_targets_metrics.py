@@ -77,3 +77,29 @@ def test_reference_errors_follow_the_seed_and_carry_an_interval():
         assert a[k].err_lo < a[k].err < a[k].err_hi < 1.1 * a[k].err
         assert a[k].err != b[k].err  # a cell's own draws, not one fixed sample for all
         assert a[k].err_lo < b[k].err_hi and b[k].err_lo < a[k].err_hi  # same quantity
+
+
+@pytest.mark.parametrize("name", ["mlp", "fourier", "upsample"])
+def test_local_norms_equal_jacrev(name):
+    """The one-backward Jacobian norms are the exact ones (torch.func as the reference)."""
+    from torch.func import jacrev, vmap
+
+    from varbench.models.targets import _local_norms
+
+    t = make_target(name, 2.0, 1, 2, 6, seed=2)
+    x = torch.rand(9, t.n_in, generator=torch.Generator().manual_seed(0))
+    want = vmap(lambda xi: torch.linalg.matrix_norm(jacrev(lambda z: t.flat(z[None])[0])(xi),
+                                                    ord=2))(x)
+    assert torch.allclose(_local_norms(t, x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_empirical_lipschitz_needs_no_torch_func():
+    """It runs in every sweep's set-up: torch.func's first call cost 1.5-3 s there."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from varbench.models.targets import make_target, empirical_lipschitz; "
+            "empirical_lipschitz(make_target('mlp', 2.0, 1, 2, 6), n_points=16, ascent_steps=2); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # jacrev/vmap import TorchDynamo on first use
