@@ -97,8 +97,9 @@ def trial_config(
         # the cheapest setting that is recorded as a frontier point has reached it; no
         # setting is cut short for another's sake. Each monitor pass is cheapest too.
         chosen["flow_steps"], chosen["flow_solver"] = parse_key(cheapest(keys))
-    return TrialConfig(
-        model=variant.family, target=target, lipschitz=float(lipschitz),
-        **spec.cells.settings(), **spec.budget.for_steps(steps or spec.budget.step_list[0]),
-        **chosen, eps=tuple(spec.eps), seed=seed,
-    )
+    # one dict, later keys winning: a searched lr overrides the budget's (two ** of the
+    # same key in the call raised TypeError, so no spec with search.lr could run a trial)
+    fields = {**spec.cells.settings(), **spec.budget.for_steps(steps or spec.budget.step_list[0]),
+              **chosen}
+    return TrialConfig(model=variant.family, target=target, lipschitz=float(lipschitz),
+                       **fields, eps=tuple(spec.eps), seed=seed)
