@@ -147,3 +147,17 @@ def test_sweep_records_the_lr_each_trial_used(tmp_path, ray_local, monkeypatch):
                              env={"COLUMNS": "80"}).stdout
     assert "lr 0.01·(d/32)^-0.5" in out and "lr by trial: #" in out
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_shipped_specs_record_their_lr_choice():
+    """quick.yaml trains each width at the benchmarked rule; paper.yaml searches."""
+    from pathlib import Path
+
+    from varbench.sweeps.spec import load_spec
+
+    sweeps = Path(__file__).resolve().parent.parent / "sweeps"
+    quick = load_spec(sweeps / "quick.yaml")
+    assert quick.lr_choice()["lr_choice"] == "rule"
+    assert quick.budget.lr_at(4) > quick.budget.lr_at(32) > quick.budget.lr_at(64)
+    assert load_spec(sweeps / "nightly.yaml").lr_choice() == {"lr_choice": "fixed"}
+    assert load_spec(sweeps / "paper.yaml").lr_choice()["lr_choice"] == "searched"
