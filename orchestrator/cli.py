@@ -388,6 +388,7 @@ def _print_frontier(rows: list[dict]) -> None:
         table = Table(title=f"{variant} · {target}{at}: N*(ε, L), the smallest N with "
                             "err_ucb ≤ ε",
                       caption=f"recipe: {recipe_text(group[0].get('recipe') or {})}\n"
+                              + lr_lines(group) +
                               "N* holds under this training budget; n.r.: not reached "
                               "(censored)" + legend,
                       box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
@@ -408,6 +409,28 @@ def _print_frontier(rows: list[dict]) -> None:
                               interval_text(r["n_star_ci"], "n.r."), "-", "-",
                               f"best {_fmt(r['best_err'])}, N ≤ {r['max_n_tried'] or 0:,}")
         _console().print(table)
+
+
+def lr_lines(rows: list[dict], width: int = 78) -> str:
+    """Where the lr differs by trial (a per-width rule, a search): the lr each N* trial
+    used, ``lr by trial: #8 0.028 · #3 0.01``, in lines of at most ``width`` columns
+    (a column in the table would take it past 80); "" for one fixed lr."""
+    recipe = (rows[0].get("recipe") or {}) if rows else {}
+    if recipe.get("lr_choice", "searched" if recipe.get("lr_searched") else "fixed") == "fixed":
+        return ""
+    used = {r["trial"]: r["config"]["lr"] for r in rows
+            if r["reached"] and (r.get("config") or {}).get("lr") is not None}
+    if not used:
+        return ""
+    lines, line = [], "lr by trial:"
+    for trial, lr in used.items():
+        item = f"#{trial} {lr:.2g}"
+        if len(line) + len(item) + 3 > width:
+            lines.append(line)
+            line = "  " + item
+        else:
+            line += (" " if line.endswith(":") else " · ") + item
+    return "\n".join([*lines, line]) + "\n"
 
 
 @command

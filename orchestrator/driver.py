@@ -509,7 +509,10 @@ class Driver:
         told, setting = told_error(result)  # FlowAR: the best over its inference settings
         attrs = {"err": result.get("err"), "err_ucb": result.get("err_ucb"),
                  "reason": result.get("reason", ""), "population": result.get("population", 1),
-                 "replicas": len(result.get("replica_err_ucb") or []) or 1}
+                 "replicas": len(result.get("replica_err_ucb") or []) or 1,
+                 # the lr it trained at and how it was chosen (a param only when searched)
+                 "lr": (result.get("config") or {}).get("lr"),
+                 "lr_choice": (result.get("config") or {}).get("lr_choice")}
         if setting is not None:
             attrs.update(told_err_ucb=told, flow_setting=setting, flow_err_ucb={
                 f"{e['flow_steps']}:{e['flow_solver']}": e["err_ucb"]

@@ -94,12 +94,26 @@ def cell_recipe(cell, trials) -> dict:
 
 
 def recipe_text(recipe: dict) -> str:
-    """``400 steps · batch 64 · lr 0.01 (warm-up 40, cosine to 0)``."""
+    """``400 steps · batch 64 · lr 0.01 fixed (warm-up 40, cosine to 0)``: at most 72
+    characters with a rule or a search (the frontier's caption stays within 80)."""
     if not recipe:
         return "recipe not recorded"
-    lr = "lr searched" if recipe.get("lr_searched") else f"lr {recipe.get('lr'):g}"
-    return (f"{recipe.get('steps')} steps · batch {recipe.get('batch_size')} · {lr} "
-            f"(warm-up {recipe.get('warmup')}, cosine to 0)")
+    return (f"{recipe.get('steps')} steps · batch {recipe.get('batch_size')} · "
+            f"{lr_text(recipe)} (warm-up {recipe.get('warmup')}, cosine to 0)")
+
+
+def lr_text(recipe: dict) -> str:
+    """How the recipe's lr was chosen: ``lr 0.01 fixed``, ``lr 0.01·(d/32)^-0.5``
+    (the per-width rule) or ``lr searched 0.001..0.03``; a recipe stored before the
+    choice was recorded reads ``lr 0.01`` (or ``lr searched``)."""
+    choice = recipe.get("lr_choice")
+    if choice == "rule":
+        r = recipe.get("lr_rule") or {}
+        return f"lr {recipe.get('lr'):g}·(d/{r.get('ref_width')})^{r.get('exponent'):g}"
+    if choice == "searched" or recipe.get("lr_searched"):
+        r = recipe.get("lr_range")
+        return f"lr searched {r['low']:g}..{r['high']:g}" if r else "lr searched"
+    return f"lr {recipe.get('lr'):g}" + (" fixed" if choice == "fixed" else "")
 
 
 def sweep_status(store: ResultsView, sweep: str | None) -> list[dict]:

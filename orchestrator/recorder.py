@@ -27,6 +27,7 @@ from typing import TypeVar
 import yaml
 
 from varbench.orchestrator.lease import Lease
+from varbench.orchestrator.queries import lr_text
 from varbench.orchestrator.settings import Settings, check_workdir
 from varbench.orchestrator.store import Holder, ResultsStore, TrialRow, mask_url, sqlite_path
 from varbench.orchestrator.tracking import TRIAL_TAG, Tracker, git_commit, source_tags
@@ -524,7 +525,7 @@ def cell_recipe(spec: SweepSpec, steps: int) -> dict:
 
     b = spec.budget
     return {"steps": steps, "batch_size": b.batch_size, "lr": b.lr,
-            "lr_searched": spec.search.lr is not None, "warmup": b.warmup,
+            "lr_searched": spec.search.lr is not None, **spec.lr_choice(), "warmup": b.warmup,
             "schedule": SCHEDULE, "weight_decay": b.weight_decay, "grad_clip": b.grad_clip,
             "replicas": b.replicas}
 
@@ -539,6 +540,7 @@ def _parent_params(spec: SweepSpec, variant: ModelVariant, target: str, lipschit
     out.update({f"cell.{k}": v for k, v in spec.cells.settings().items()})
     out.update({f"budget.{k}": v for k, v in
                 spec.budget.for_steps(steps or spec.budget.step_list[0]).items()})
+    out["budget.lr_choice"] = lr_text(spec.lr_choice() | {"lr": spec.budget.lr})
     out.update({f"variant.{k}": v for k, v in variant.model_dump().items() if k != "name"})
     out.update({f"search.{k}": _describe(d) for k, d in space.items()})
     if setting:
@@ -573,7 +575,8 @@ def _parent_note(spec: SweepSpec, variant: ModelVariant, target: str, lipschitz:
     return (f"**{label or variant.label}** ({variant.family}) on the **{target}** target with "
             f"Lipschitz constant L = {lipschitz:g}: {c.channels} channel(s), "
             f"{c.s_first}×{c.s_first} → {c.s_last}×{c.s_last}, {c.inputs} inputs.\n\n"
-            f"Budget per trial: {steps or b.step_list[0]} steps of {b.batch_size} fresh inputs, lr {b.lr:g} "
+            f"Budget per trial: {steps or b.step_list[0]} steps of {b.batch_size} fresh inputs, "
+            f"{lr_text(spec.lr_choice() | {'lr': b.lr})} "
             f"(warm-up {b.warmup}, cosine decay), monitor every {b.eval_every} steps, final "
             f"err_p (p = {b.p:g}) on {b.n_eval} fresh inputs, {b.replicas} seed(s) per trial. "
             f"ε grid: {', '.join(f'{e:g}' for e in spec.eps)}; {spec.trials} trials, "

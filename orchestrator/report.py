@@ -388,6 +388,8 @@ def frontier_markdown(rows: list[dict]) -> list[str]:
                 cfg += (f" steps={c.get('flow_steps')} {c.get('flow_solver') or 'euler'} "
                         f"source={c.get('flow_source') or 'interp'} "
                         f"FLOPs={r.get('flops') or 0:,}")
+            if c.get("lr") is not None:  # the lr this trial trained at (recipe: how chosen)
+                cfg += f" lr={c['lr']:.2g}"
             n_eff = f"{r['n_eff']:,}" if r.get("n_eff") else "-"
             lines.append(f"| {r['variant']} | {r['target']} | {steps(r)}{r['lipschitz']:g} | "
                          f"{r['eps']:g} | {r['n_star']:,} | {ci} | {n_eff} | {r['trial']} | "

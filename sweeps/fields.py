@@ -72,6 +72,8 @@ def _eps_grid(values: list[float]) -> list[float]:
     return sorted(set(values), reverse=True)
 
 
+LR_CHOICES = ("fixed", "rule", "searched")  # how a trial's lr was chosen (TrialConfig.lr_choice)
+
 PosInt = Annotated[int, Field(ge=1, le=1_000_000)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
@@ -120,6 +122,7 @@ TYPES: dict[str, Any] = {
     "steps": PosInt,
     "batch_size": BatchSize,
     "lr": PosFloat,
+    "lr_choice": Name(LR_CHOICES, "lr choice"),
     "warmup": Count0,
     "weight_decay": NonNeg,
     "grad_clip": NonNeg,

@@ -79,7 +79,10 @@ def trial_config(
 
     The cell and the budget (``steps``: the cell's, default the spec's first) are
     TrialConfig fields by name; the variant fixes
-    what the search leaves closed; the sampled params override the rest.
+    what the search leaves closed; the sampled params override the rest. The lr is
+    the searched one where ``search.lr`` is given, else ``budget.lr_at(width)`` (the
+    budget's lr, or its per-width rule; a spec cannot give both), and ``lr_choice``
+    records which.
     """
     fixed = {name: getattr(variant, name) for name in OPENABLE + FIXED}
     chosen = {**fixed, **params}
@@ -88,6 +91,9 @@ def trial_config(
         sides = scale_schedule(spec.cells.s_first, spec.cells.s_last, int(chosen["scales"]))
         chosen["interp"] = canonical_interp(chosen["interp"], interp_choices(spec), sides)
     chosen["width"] = max(heads, int(round(params["width"] / heads)) * heads)
+    # the lr: searched (the param, above), else the budget's at this width (its rule)
+    chosen.setdefault("lr", spec.budget.lr_at(chosen["width"]))
+    chosen["lr_choice"] = spec.lr_choice()["lr_choice"]
     if variant.family == "flowar":  # every inference setting, on the same trained weights
         keys = flow_settings(spec)
         chosen["flow_evals"] = tuple(keys)
@@ -97,8 +103,9 @@ def trial_config(
         # the cheapest setting that is recorded as a frontier point has reached it; no
         # setting is cut short for another's sake. Each monitor pass is cheapest too.
         chosen["flow_steps"], chosen["flow_solver"] = parse_key(cheapest(keys))
-    return TrialConfig(
-        model=variant.family, target=target, lipschitz=float(lipschitz),
-        **spec.cells.settings(), **spec.budget.for_steps(steps or spec.budget.step_list[0]),
-        **chosen, eps=tuple(spec.eps), seed=seed,
-    )
+    # one dict, later keys winning: a searched lr overrides the budget's (two ** of the
+    # same key in the call raised TypeError, so no spec with search.lr could run a trial)
+    fields = {**spec.cells.settings(), **spec.budget.for_steps(steps or spec.budget.step_list[0]),
+              **chosen}
+    return TrialConfig(model=variant.family, target=target, lipschitz=float(lipschitz),
+                       **fields, eps=tuple(spec.eps), seed=seed)

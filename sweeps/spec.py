@@ -123,8 +123,21 @@ class Cells(Strict):
 MAX_BUDGETS = 8  # step budgets in one spec
 
 
+class LrRule(Strict):
+    """The learning rate per width: lr(d) = budget.lr x (d / ref_width) ** exponent.
+
+    ``budget.lr`` is then the lr at ``ref_width``; each trial trains at the rule's lr
+    for its width (``Budget.lr_at``), recorded as its ``lr``. benchmarks/lr_width.py
+    measures the best lr per width and fits the exponent (README, "The learning rate
+    per width")."""
+
+    ref_width: Width = 32
+    exponent: Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
+
+
 class Budget(Strict):
-    """The training budget: every field is the TrialConfig field of that name.
+    """The training budget: every field but ``lr_rule`` is the TrialConfig field of
+    that name (the rule sets each trial's ``lr`` from its width: ``lr_at``).
 
     ``steps`` may list several budgets (``[400, 1600, 6400]``): each is its own
     cell (study), so results at different budgets never mix in one frontier.
@@ -133,6 +146,9 @@ class Budget(Strict):
     steps: PosInt | list[PosInt] = DEFAULTS.steps
     batch_size: BatchSize = DEFAULTS.batch_size
     lr: PosFloat = DEFAULTS.lr
+    # None: one lr for every width. Not a default rule: spec hashes leave defaults out,
+    # so a new default would change the lr of sweeps that resume under the same hash
+    lr_rule: LrRule | None = None
     warmup: Count0 = DEFAULTS.warmup
     weight_decay: NonNeg = DEFAULTS.weight_decay
     grad_clip: NonNeg = DEFAULTS.grad_clip
@@ -177,8 +193,17 @@ class Budget(Strict):
         return f":steps={steps if steps is not None else self.step_list[0]}"
 
     def for_steps(self, steps: int) -> dict:
-        """The TrialConfig budget fields of the cell trained for ``steps``."""
-        return {**self.model_dump(), "steps": steps}
+        """The TrialConfig budget fields of the cell trained for ``steps`` (``lr`` is
+        the budget's; ``trial_config`` applies the rule per width)."""
+        return {**self.model_dump(exclude={"lr_rule"}), "steps": steps}
+
+    def lr_at(self, width: int) -> float:
+        """The lr a trial of this width trains at: ``lr``, or the rule's (4 significant
+        digits, so the recorded value reads as it is)."""
+        if self.lr_rule is None:
+            return self.lr
+        r = self.lr_rule
+        return float(f"{self.lr * (width / r.ref_width) ** r.exponent:.4g}")
 
 
 class Check(Strict):
@@ -228,7 +253,7 @@ class SearchSpace(Strict):
                                               min_length=1, max_length=16)
     flow_solvers: list[FlowSolver] = Field(default_factory=lambda: [DEFAULTS.flow_solver],
                                            min_length=1)
-    lr: FloatRange | None = None  # None: the budget's lr, not searched
+    lr: FloatRange | None = None  # None: the budget's lr (or its per-width rule), not searched
 
 
 class Resources(Strict):
@@ -261,6 +286,23 @@ class SweepSpec(Strict):
         if k_max < 2:
             raise ValueError("cells.s_last must exceed cells.s_first (at least two scales)")
         return self
+
+    @model_validator(mode="after")
+    def _lr(self):
+        if self.budget.lr_rule is not None and self.search.lr is not None:
+            raise ValueError("budget.lr_rule: not used while search.lr is given (the search "
+                             "sets every trial's lr); keep one of the two")
+        return self
+
+    def lr_choice(self) -> dict:
+        """How each trial's lr is chosen, as recorded in every recipe: ``fixed`` (the
+        budget's lr), ``rule`` (``Budget.lr_at``) or ``searched`` (the trial's param)."""
+        b, s = self.budget, self.search.lr
+        if s is not None:
+            return {"lr_choice": "searched", "lr_range": s.model_dump()}
+        if b.lr_rule is not None:
+            return {"lr_choice": "rule", "lr_rule": b.lr_rule.model_dump()}
+        return {"lr_choice": "fixed"}
 
     def scale_range(self) -> tuple[int, int]:
         k_max = max_scales(self.cells.s_first, self.cells.s_last)
@@ -325,8 +367,17 @@ def spec_errors(exc: ValidationError) -> list[str]:
         key = tuple(loc[:cut]) if cut is not None else (i,)  # a union's forms share one key
         if key not in best or len(loc) > len(best[key]["loc"]):
             best[key] = e
-    return [f"{_loc(e)}: {printable(e['msg'].removeprefix('Value error, '))}"
-            for e in best.values()]
+    return [_line(e) for e in best.values()]
+
+
+_NAMED = re.compile(r"^[a-z_]+(\.[a-z_]+)+: ")  # a spec-wide check that names its field
+
+
+def _line(err: dict) -> str:
+    msg = printable(err["msg"].removeprefix("Value error, "))
+    if not err["loc"] and _NAMED.match(msg):  # a check across sections: its field first
+        return msg
+    return f"{_loc(err)}: {msg}"
 
 
 class SpecError(UserError):

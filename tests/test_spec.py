@@ -98,3 +98,16 @@ def test_two_bad_items_of_one_list_are_two_lines():
     with pytest.raises(SpecError) as exc:
         parse_spec(d)
     assert [p.split(":")[0] for p in exc.value.problems] == ["eps.0", "eps.1"]
+
+
+def test_searched_lr_builds_a_trial_at_the_sampled_lr():
+    """search.lr: the trial's lr is the sampled one (the budget's lr no longer collides
+    with it: before, every trial of such a spec, paper.yaml's, raised TypeError)."""
+    from varbench.sweeps.space import trial_config
+
+    d = _base()
+    d["search"]["lr"] = {"low": 0.001, "high": 0.03}
+    spec = parse_spec(d)
+    cfg = trial_config(spec, spec.cells.models[0], "mlp", 1.0,
+                       {"width": 8, "scales": 2, "interp": "bicubic", "lr": 0.003}, seed=0)
+    assert cfg.lr == 0.003

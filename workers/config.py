@@ -59,7 +59,10 @@ class TrialConfig:
     # budget and optimisation
     steps: int = 2000
     batch_size: int = 64
-    lr: float = 1e-2
+    lr: float = 1e-2  # the lr this trial trains at (peak of the schedule)
+    # how ``lr`` was chosen (recorded in the recipe): "fixed" (one lr for every width),
+    # "rule" (the spec's per-width rule, sweeps.spec.LrRule) or "searched"
+    lr_choice: str = "fixed"
     warmup: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
