@@ -1,14 +1,17 @@
 """How many trials does each sampler need to find one cell's frontier?
 
-The cell is quick.yaml's L = 1 `mlp` cell on a finite grid (width 4..32 x K in
-{2, 3} x {bicubic, bilinear}). Every grid point is trained once, with one
-fixed seed, and cached (``varbench-work/sampler_grid.json``): the exhaustive
+The cells are quick.yaml's `mlp` cells (L = 1 and 2) on a finite grid (width
+4..32 x K in {2, 3} x {bicubic, bilinear}), at quick.yaml's budget and lr
+(rule). Every grid point is trained once, with one fixed seed, and cached
+(``varbench-work/sampler_grid-L<L>-<spec hash>.json``): the exhaustive
 frontier over the grid is the truth, and each sampler then runs against the
 cached results, so the comparison counts trials, not noise. A sampler has
 "found the frontier" at the first trial after which its frontier (N* for
-every ε of the grid, reached or censored) equals the exhaustive one.
+every ε of the grid, reached or censored) equals the exhaustive one. Beside
+that count: after ``--at`` trials (quick.yaml's own number by default), at
+how many of the ε points its N* is the exhaustive one.
 
-    .venv/bin/python -m benchmarks.sampler_compare [--seeds 5] [--budget 80]
+    .venv/bin/python -m benchmarks.sampler_compare [--seeds 5] [--budget 80] [--lipschitz 1 2]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from varbench.sweeps.space import search_space, trial_config
 from varbench.sweeps.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "varbench-work" / "sampler_grid.json"
+CACHE_DIR = ROOT / "varbench-work"
 
 
 def _run(cfg_dict: dict) -> tuple[int, float]:
@@ -41,59 +44,79 @@ def _run(cfg_dict: dict) -> tuple[int, float]:
     return r.n_params, r.err_ucb if r.err_ucb is not None else float("inf")
 
 
-def grid_results(spec, variant, workers: int = 2) -> dict[tuple, tuple[int, float]]:
-    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+def grid_results(spec, variant, lipschitz: float = 1.0,
+                 workers: int = 2) -> dict[tuple, tuple[int, float]]:
+    cache_path = CACHE_DIR / f"sampler_grid-L{lipschitz:g}-{spec.spec_hash()[:12]}.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     space = search_space(spec, variant)
     keys = [(w, k, i) for w in range(space["width"].low, space["width"].high + 1)
             for k in range(space["scales"].low, space["scales"].high + 1)
             for i in space["interp"].choices]
     todo = [key for key in keys if json.dumps(key) not in cache]
-    cfgs = [trial_config(spec, variant, "mlp", 1.0, {"width": w, "scales": k, "interp": i}, 0).to_dict()
-            for (w, k, i) in todo]
+    cfgs = [trial_config(spec, variant, "mlp", lipschitz, {"width": w, "scales": k, "interp": i},
+                         0).to_dict() for (w, k, i) in todo]
     with ProcessPoolExecutor(workers) as pool:
         for key, res in zip(todo, pool.map(_run, cfgs)):
             cache[json.dumps(key)] = res
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    CACHE.write_text(json.dumps(cache))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_text(json.dumps(cache))
     return {tuple(json.loads(k)): tuple(v) for k, v in cache.items()}
 
 
-def trials_to_frontier(sampler_name: str, seed: int, spec, variant, table, budget: int) -> int | None:
+def trials_to_frontier(sampler_name: str, seed: int, spec, variant, table, budget: int,
+                       at: int) -> tuple[int | None, int]:
+    """Trials until the frontier equals the exhaustive one (None: not within
+    ``budget``), and at how many ε it equals it after ``at`` trials."""
     space = search_space(spec, variant)
     truth = [(p.eps, p.n_star) for p in frontier(
         [TrialPoint(i, n, e, "completed") for i, (n, e) in enumerate(table.values())], spec.eps)]
     sampler = make_sampler(sampler_name, spec.eps, space, seed)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
     points: list[TrialPoint] = []
-    for n in range(1, budget + 1):
+    found, right_at = None, 0
+    for n in range(1, max(budget, at) + 1):
         trial = study.ask(space)
         key = (trial.params["width"], trial.params["scales"], trial.params["interp"])
         size, err = table[key]
         study.tell(trial, [float(size), err])
         points.append(TrialPoint(n, size, err, "completed"))
-        if [(p.eps, p.n_star) for p in frontier(points, spec.eps)] == truth:
-            return n
-    return None
+        mine = [(p.eps, p.n_star) for p in frontier(points, spec.eps)]
+        if n == at:
+            right_at = sum(a == b for a, b in zip(mine, truth))
+        if found is None and mine == truth:
+            found = n
+        if found is not None and n >= at:
+            break
+    return found, right_at
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=80)
+    ap.add_argument("--at", type=int, default=None, help="trials per study (default: the spec's)")
+    ap.add_argument("--lipschitz", type=float, nargs="+", default=[1.0, 2.0])
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = load_spec(ROOT / "sweeps" / "quick.yaml")
     variant = spec.cells.models[0]
-    table = grid_results(spec, variant)
-    print(f"grid: {len(table)} configurations; truth: " + ", ".join(
-        f"ε={p.eps:g}: N*={p.n_star}" for p in frontier(
-            [TrialPoint(i, n, e, "completed") for i, (n, e) in enumerate(table.values())], spec.eps)))
-    print(f"{'sampler':10s} {'trials to frontier per seed':40s} median")
-    for name in ("frontier", "tpe", "nsga2", "random"):
-        counts = [trials_to_frontier(name, s, spec, variant, table, args.budget) for s in range(args.seeds)]
-        shown = [str(c) if c is not None else f">{args.budget}" for c in counts]
-        capped = [c if c is not None else args.budget + 1 for c in counts]
-        print(f"{name:10s} {' '.join(shown):40s} {statistics.median(capped):g}")
+    at = args.at or spec.trials
+    for lip in args.lipschitz:
+        table = grid_results(spec, variant, lip)
+        print(f"\nL={lip:g} grid: {len(table)} configurations; truth: " + ", ".join(
+            f"ε={p.eps:g}: N*={p.n_star}" for p in frontier(
+                [TrialPoint(i, n, e, "completed") for i, (n, e) in enumerate(table.values())],
+                spec.eps)))
+        print(f"{'sampler':10s} {'trials to frontier per seed':34s} median | "
+              f"ε points right after {at} trials (of {len(spec.eps)}), per seed")
+        for name in ("frontier", "tpe", "nsga2", "random"):
+            runs = [trials_to_frontier(name, s, spec, variant, table, args.budget, at)
+                    for s in range(args.seeds)]
+            shown = [str(c) if c is not None else f">{args.budget}" for c, _ in runs]
+            capped = [c if c is not None else args.budget + 1 for c, _ in runs]
+            right = [r for _, r in runs]
+            print(f"{name:10s} {' '.join(shown):34s} {statistics.median(capped):>6g} | "
+                  f"{' '.join(map(str, right))} (mean {statistics.mean(right):.1f})")
 
 
 if __name__ == "__main__":

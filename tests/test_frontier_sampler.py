@@ -181,3 +181,42 @@ def test_width_cap_only_where_width_alone_sets_n():
     deep = {**plain, "depth": CategoricalDistribution([1, 2])}  # N no longer follows width
     assert not make_sampler("frontier", [0.1], deep, seed=0)._cap
     assert not make_sampler("frontier", [0.1], plain, seed=0, family="flowar")._cap
+
+
+def _planted(sampler, rows):
+    """A study holding completed trials (width, K, interp, err), N as in _synthetic."""
+    import optuna
+
+    space = _space()
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    for w, k, interp, err in rows:
+        study.add_trial(optuna.trial.create_trial(
+            params={"width": w, "scales": k, "interp": interp}, distributions=space,
+            values=[float(100 * w + k), err]))
+    return study, space
+
+
+def test_frontier_sampler_tries_combinations_at_the_lowest_width_when_near():
+    eps = [0.1, 0.05]
+    base = [(10, 2, "bicubic", 0.08), (30, 2, "bicubic", 0.04)]
+    # the lowest width missed ε = 0.1 by 20%: its other combinations come next, then stop
+    study, space = _planted(FrontierSampler(eps, seed=0), [(4, 2, "bilinear", 0.12), *base])
+    combos = set()
+    for _ in range(3):
+        t = study.ask(space)
+        assert t.params["width"] == 4
+        combos.add((t.params["scales"], t.params["interp"]))
+        study.tell(t, [float(400 + t.params["scales"]), 0.12])
+    assert combos == {(2, "bicubic"), (3, "bicubic"), (3, "bilinear")}
+    t = study.ask(space)  # all four tried: back to the bisection
+    assert t.params["width"] != 4
+    # far from every ε it missed (3x): no trial spent there
+    study, space = _planted(FrontierSampler(eps, seed=0), [(4, 2, "bilinear", 0.3), *base])
+    assert study.ask(space).params["width"] != 4
+    # at most bottom_tries combinations at the lowest width
+    study, space = _planted(FrontierSampler(eps, seed=0, bottom_tries=2),
+                            [(4, 2, "bilinear", 0.12), *base])
+    first = study.ask(space)
+    assert first.params["width"] == 4
+    study.tell(first, [401.0, 0.12])
+    assert study.ask(space).params["width"] != 4
