@@ -53,6 +53,7 @@ class FrontierSampler(BaseSampler):
         cap_width: bool = True,
         near: float = 1.3,
         bottom_tries: int = 4,
+        space: dict[str, BaseDistribution] | None = None,
     ):
         self._eps = sorted(float(e) for e in eps)
         self._size = size_param
@@ -61,6 +62,9 @@ class FrontierSampler(BaseSampler):
         self._explore = explore
         self._cap = cap_width
         self._near, self._bottom_tries = near, bottom_tries
+        # the study's space, for its first trials: Optuna infers the relative space from
+        # earlier trials, so without it the first trial (two with two workers) was random
+        self._space = dict(space) if space else {}
         self._rng = np.random.RandomState(seed)
         self._random = RandomSampler(seed=seed)
 
@@ -74,7 +78,7 @@ class FrontierSampler(BaseSampler):
         for t in reversed(study.get_trials(deepcopy=False)):
             if self._size in t.distributions:
                 return dict(t.distributions)
-        return {}
+        return dict(self._space)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -267,7 +271,7 @@ def make_sampler(
     """Samplers by name: frontier (ours), tpe, nsga2, gp, random, grid."""
     if name == "frontier":
         return FrontierSampler(eps, seed=seed, cap_width=family != "flowar" and not (
-            set(space) & N_SETTINGS))
+            set(space) & N_SETTINGS), space=space)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "nsga2":

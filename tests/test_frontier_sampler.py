@@ -220,3 +220,17 @@ def test_frontier_sampler_tries_combinations_at_the_lowest_width_when_near():
     assert first.params["width"] == 4
     study.tell(first, [401.0, 0.12])
     assert study.ask(space).params["width"] != 4
+
+
+def test_the_first_trials_are_the_spread_start_up_not_random():
+    """Optuna infers the relative space from earlier trials: without the study's space
+    the first trial (the first two, with two workers) fell to random sampling."""
+    widths = []
+    for seed in (0, 1):
+        space = _space()
+        study = optuna.create_study(directions=["minimize", "minimize"],
+                                    sampler=make_sampler("frontier", [0.1], space, seed=seed))
+        first, second = study.ask(space), study.ask(space)  # both in flight, as on two workers
+        widths.append((first.params["width"], second.params["width"]))
+    # 4..40 in log width: the start-up points at 1/6 and 1/2 of the range
+    assert widths == [(6, 13), (6, 13)]
