@@ -322,7 +322,8 @@ def _resume_command(spec: str, settings, address: str | None = None,
     return shlex.join(parts)
 
 
-def _run_with_progress(driver, show: bool):
+def progress_bar(console):
+    """The sweep's progress line: trials done, times, and the frontier so far."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -331,12 +332,21 @@ def _run_with_progress(driver, show: bool):
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.table import Column
 
+    # the frontier text takes what the other columns leave and is cut with an ellipsis:
+    # unbounded, it squeezed the counts and times to "20… 0:…" at 80 columns
+    front = TextColumn("{task.fields[front]}",
+                       table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis"))
+    return Progress(TextColumn("[bold]trials"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), front,
+                    console=console, transient=False, expand=True)
+
+
+def _run_with_progress(driver, show: bool):
     if not show:
         return driver.run()
-    with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                  TextColumn("{task.fields[front]}"), console=_console(), transient=False) as bar:
+    with progress_bar(_console()) as bar:
         task = bar.add_task("sweep", total=None, front="")
 
         def update(p):

@@ -64,3 +64,20 @@ def test_torch_free_names_equal_the_registries():
     assert attention.BACKENDS is config.BACKENDS and inputs.INPUTS is config.INPUTS
     assert flowar.SOLVERS is config.SOLVERS and flowar.FLOW_STEPS == config.FLOW_STEPS
     assert metrics.DEFAULT_P == config.DEFAULT_P and var_module.VARConfig is config.VARConfig
+
+
+def test_progress_line_keeps_counts_whole_at_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from varbench.orchestrator.cli import progress_bar
+
+    out = io.StringIO()
+    with progress_bar(Console(file=out, width=80)) as bar:
+        task = bar.add_task("sweep", total=20, front="")
+        bar.update(task, completed=20,
+                   front="L=1 mlp: ε=0.035 at N=882; L=2 mlp: ε=0.035 at N=4,581; L=4 mlp: …")
+    lines = out.getvalue().splitlines()
+    assert lines and all(len(line) <= 80 for line in lines)
+    assert "20/20" in lines[-1] and "L=1 mlp" in lines[-1]
