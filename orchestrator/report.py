@@ -62,6 +62,7 @@ DPI = 100
 
 
 def _png(fig) -> str:
+    _mpl()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
@@ -134,6 +135,7 @@ def _tick_label(v: float, _pos=None) -> str:
 def _log_axis(axis) -> None:
     """Labelled major ticks only: decades, or 1-2-5 steps when the data span less than
     about two decades; minor ticks unlabelled (their labels used to overlap)."""
+    _mpl()  # loglog_axes is called on others' axes too
     lo, hi = axis.get_view_interval()
     lo, hi = min(lo, hi), max(lo, hi)
     decades = math.log10(hi / lo) if lo > 0 and hi > 0 else 3
@@ -161,6 +163,7 @@ def loglog_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 9,
 
 def _eps_lines(ax, eps) -> None:
     """The ε grid as dotted lines, each labelled at the right edge."""
+    _mpl()
     trans = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
     for e in eps:
         ax.axhline(e, color="0.55", lw=0.8, ls=":")
@@ -199,9 +202,11 @@ def plot_err_vs_n(cells, trials, eps) -> str:
     fig, axes = _grid(len(groups), 5.0)
     for ax, ((variant, target, steps), group) in zip(axes.flat, sorted(
             groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0))):
+        plotted = False
         for c in sorted(group, key=lambda c: c.lipschitz):
             col = colours[c.lipschitz]
             done = [t for t in trials[c.id] if t.status == "completed" and t.err_ucb]
+            plotted = plotted or bool(done)
             for interp in interps:
                 ts = [t for t in done if (t.config or {}).get("interp", "?") == interp]
                 if ts:
@@ -217,6 +222,11 @@ def plot_err_vs_n(cells, trials, eps) -> str:
         for interp in interps if len(interps) > 1 else []:
             ax.scatter([], [], color="0.4", marker=marker[interp], label=interp)
         _eps_lines(ax, eps)
+        if not plotted:  # every trial failed: a log axis with no data has no range
+            sizes = [t.n_params for c in group for t in trials[c.id] if t.n_params]
+            ax.set_xlim(min(sizes) / 2, max(sizes) * 2) if sizes else ax.set_xlim(1, 10)
+            ax.text(0.5, 0.5, "no completed trial", transform=ax.transAxes, ha="center",
+                    va="center", color="0.35")
         at = f", {steps} steps" if steps else ""
         loglog_axes(ax, "N (trainable parameters)", "err_ucb",
                     f"{variant} on {target}{at}: error vs size")

@@ -60,3 +60,12 @@ def test_plots_are_at_least_900_px_wide_with_eps_labels_and_censored_points():
     rows = [{"variant": "var", "target": "mlp", "lipschitz": 2.0, "eps": 0.05, "reached": False,
              "max_n_tried": 1500, "n_star": None}]
     assert _width(plot_nstar_vs_eps([fit], rows)) >= 900
+
+
+def test_err_vs_n_panel_whose_trials_all_failed():
+    """A cell where every trial diverged: the log axis has no data to range over."""
+    cell = _cell(1, 1e30)
+    failed = [SimpleNamespace(number=n, n_params=N, err_ucb=None, status="failed",
+                              config={"interp": i}) for n, (N, i) in
+              enumerate([(372, "bicubic"), (882, "bicubic")])]
+    assert _width(plot_err_vs_n([cell], {1: failed}, [0.1, 0.05])) >= 900
