@@ -8,8 +8,8 @@ failing and the smallest reaching width (a bisection in log width, one per
 bounds the interval, or, with probability ``explore``, left to random
 sampling. At the lowest width, where no bisection can go further, the other
 categorical combinations are tried as soon as a trial there came near an ε
-it missed (``_bottom``). Once an ε's interval is tight, the categorical settings (K,
-interpolation, ...) not yet tried at its largest failing width are tried
+it missed (``_bottom``). Once an ε's interval is tight, the categorical
+settings (K, interpolation, ...) not yet tried at its largest failing width are tried
 there, one combination a trial: at the boundary they move N* too. When every
 ε is tight and enumerated, or censored, it samples at random, never repeating
 a configuration already run; once every ε is reached, those random widths stay
@@ -125,9 +125,9 @@ class FrontierSampler(BaseSampler):
         came within ``near`` of an ε it has not reached (at most ``bottom_tries``
         trials there). No width lies below to bisect towards, so only K and
         interpolation can still lower N* there, and these are the cheapest
-        trials of all. Measured on quick.yaml's exhaustive grids
-        (benchmarks/sampler_compare.py): the exact N* at 3.2 of 4 ε after 10
-        trials instead of 1.75 at L = 1, the same at L = 2 (1.05 vs 0.85)."""
+        trials of all. Measured against quick.yaml's exhaustive grids with
+        benchmarks/sampler_compare.py (figures in the README's sampler section):
+        more ε points exact after 10 trials at L = 1, the same at L = 2."""
         names = self._categoricals(space)
         at_low = [t for t in done if t.params.get(self._size) == dist.low]
         if not names or not at_low:
