@@ -127,7 +127,18 @@ def test_postgres_connections_terminated_mid_sweep(tmp_path, ray_local, pg_url):
     stop = threading.Event()
     kills = []
 
+    def first_trial_recorded() -> bool:
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                return conn.execute("SELECT count(*) FROM vb_trials").fetchone()[0] > 0
+        except psycopg.Error:  # the schema is not there yet
+            return False
+
     def terminator():
+        # mid-sweep: from the first recorded trial on (killing every 0.4 s from 1 s after
+        # the start, once in a full-suite run, failed every retry of a study's creation)
+        while not stop.is_set() and not first_trial_recorded():
+            time.sleep(0.1)
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             while not stop.is_set():
                 rows = conn.execute(
@@ -139,7 +150,6 @@ def test_postgres_connections_terminated_mid_sweep(tmp_path, ray_local, pg_url):
     result = {}
     driver = threading.Thread(target=lambda: result.setdefault("out", run_sweep(spec, settings)))
     driver.start()
-    time.sleep(1.0)
     th = threading.Thread(target=terminator)
     th.start()
     driver.join(timeout=300)
