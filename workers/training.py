@@ -79,8 +79,8 @@ def recipe(cfg: TrialConfig, continued_from: int | None = None,
            planned_before: int | None = None) -> dict:
     """What a result is conditional on: the budget and how it was spent."""
     out = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-           "lr_choice": cfg.lr_choice, "warmup": cfg.warmup, "schedule": SCHEDULE, "weight_decay": cfg.weight_decay,
-           "grad_clip": cfg.grad_clip}
+           "lr_choice": cfg.lr_choice, "warmup": cfg.warmup, "schedule": SCHEDULE,
+           "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip}
     if continued_from is not None:  # a continuation: the cosine re-stretched (lr_factor)
         out.update(continued_from=continued_from, planned_before=planned_before)
     return out
