@@ -20,7 +20,7 @@ TARGET_NAMES = ("upsample", "linear", "mlp", "fourier")
 INTERPOLATION_NAMES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 
 INPUTS = ("uniform", "smooth")  # X ~ U[0,1] (the theorem's domain) or smooth random fields
-BACKENDS = ("reference", "sdpa", "flex", "auto")  # the attention core's (models.attention)
+BACKENDS = ("reference", "sdpa", "bmm", "flex", "auto")  # the attention core's (models.attention)
 INITS = ("normal", "var")
 POS_CODES = ("sincos", "learned")
 

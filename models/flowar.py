@@ -141,7 +141,7 @@ class TransformerVelocityHead(nn.Module):
         b, n, d = x.shape
         q, k, v = (z.unsqueeze(1) for z in self.qkv(x).split(d, dim=2))
         ids = torch.zeros(n, dtype=torch.long, device=x.device)  # one scale: all see all
-        return self.proj(attention(q, k, v, ids, self.backend).squeeze(1))
+        return self.proj(attention(q, k, v, ids, self.backend, full=True).squeeze(1))
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor,
                 spans: list[slice] | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from varbench.models.attention import attention, block_causal_mask, resolve_backend
-from varbench.models.var import VAR, VARConfig
+from varbench.models.var import VAR, VARConfig, last_scale_tokens
 
 
 def _stack(tensors: list[torch.Tensor]) -> nn.Parameter:
@@ -98,7 +98,8 @@ class PopBlock(nn.Module):
         else:
             q, k, v = self.qkv(x, qkv_bias).split(d, dim=2)
         q, k, v = (z.reshape(r * batch, -1, heads, d // heads).transpose(1, 2) for z in (q, k, v))
-        y = attention(q, k, v, scale_ids, self.cfg.backend, mask)  # replicas folded into batch
+        y = attention(q, k, v, scale_ids, self.cfg.backend, mask,  # replicas folded into batch
+                      full=t - start <= last_scale_tokens(self.cfg.sides).get(t, 0))
         h = h + self.proj(y.transpose(1, 2).reshape(r, batch * (t - start), d))
         return h + self.out(F.gelu(self.fc(self.ln2(h))))
 

@@ -93,6 +93,15 @@ class Pyramid(nn.Module):
         return tokens, levels[-1]
 
 
+def last_scale_tokens(sides: list[int]) -> dict[int, int]:
+    """Token count of a sequence of the first n scales -> tokens of its last scale."""
+    out, total = {}, 0
+    for s in sides:
+        total += s * s
+        out[total] = s * s
+    return out
+
+
 class SelfAttention(nn.Module):
     """Query and value biases only, as VAR's own attention: a key bias adds the
     same amount to every score of a query, which softmax cancels (inert)."""
@@ -102,6 +111,9 @@ class SelfAttention(nn.Module):
         d = cfg.width
         self.heads = cfg.heads
         self.backend = cfg.backend
+        # queries within a sequence's last scale see every key (block-causal); by length,
+        # since FlowAR's inference passes a prefix of whole scales
+        self.last_scale = last_scale_tokens(cfg.sides)
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(d))
         self.v_bias = nn.Parameter(torch.zeros(d))
@@ -120,7 +132,8 @@ class SelfAttention(nn.Module):
         else:
             q, k, v = F.linear(x, w, bias).split(d, dim=2)
         q, k, v = (z.reshape(b, -1, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        y = attention(q, k, v, scale_ids, self.backend, mask)
+        y = attention(q, k, v, scale_ids, self.backend, mask,
+                      full=t - start <= self.last_scale.get(t, 0))
         return self.proj(y.transpose(1, 2).reshape(b, t - start, d))
 
 

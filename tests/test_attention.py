@@ -24,7 +24,7 @@ def test_mask_is_block_causal():
             assert bool(m[i, j]) == bool(ids[j] <= ids[i])
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "auto"])
+@pytest.mark.parametrize("backend", ["sdpa", "bmm", "auto"])
 def test_backend_matches_reference_forward_and_backward(backend):
     ids = _ids()
     q, k, v = _qkv()
@@ -53,7 +53,7 @@ def test_flex_backward_on_cpu_is_a_clear_error():
         attention(q, k, v, ids, "flex")
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("backend", ["sdpa", "bmm", "flex"])
 @pytest.mark.parametrize("start", [14, 5])  # the last scale's queries; scales 2.. (a split scale: 5)
 def test_queries_of_the_last_tokens_only_match_the_full_pass(backend, start):
     ids = _ids()
@@ -61,3 +61,35 @@ def test_queries_of_the_last_tokens_only_match_the_full_pass(backend, start):
     full = attention(q, k, v, ids, "reference")
     torch.testing.assert_close(attention(q[:, :, start:], k, v, ids, backend), full[:, :, start:],
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [4, 8, 20])  # padded to BMM_PAD for the matmuls, and not
+def test_bmm_gradients_are_exact_in_double(dim):
+    """The hand-written backward against autograd's numerical derivative, masked."""
+    ids = _ids([1, 2, 2])
+    g = torch.Generator().manual_seed(dim)
+    q, k, v = (torch.randn(2, 1, ids.numel(), dim, generator=g, dtype=torch.double)
+               .requires_grad_(True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, ids, "bmm"), (q, k, v))
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "bmm"])
+def test_full_skips_the_mask_where_every_query_sees_every_key(backend):
+    """The last scale's queries see every key, so ``full`` gives the masked result;
+    on queries that do not (all tokens) it would not, which is why callers decide."""
+    ids = _ids()
+    q, k, v = _qkv(grad=False)
+    last = 16  # SIDES[-1] ** 2
+    masked = attention(q[:, :, -last:], k, v, ids, backend)
+    torch.testing.assert_close(attention(q[:, :, -last:], k, v, ids, backend, full=True), masked,
+                               atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(attention(q, k, v, ids, backend, full=True),
+                              attention(q, k, v, ids, backend), atol=1e-3)
+
+
+def test_last_scale_of_a_prefix_is_its_own():
+    """Sequence length -> tokens of its last scale: a prefix of whole scales (FlowAR's
+    inference) counts its own last scale, not the model's."""
+    from varbench.models.var import last_scale_tokens
+
+    assert last_scale_tokens([2, 4, 8]) == {4: 4, 20: 16, 84: 64}

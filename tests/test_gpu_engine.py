@@ -60,6 +60,10 @@ def test_auto_picks_the_measured_winner_per_device_and_shape():
     assert choose_backend("cuda", 8, 85) == "sdpa"  # flex crashed here (head dim < 16)
     assert choose_backend("cuda", 32, 85) == "sdpa"  # and was 9x slower per trial step
     assert choose_backend("cpu", 64, 84) == "sdpa"
+    # the quick shapes on CPU (benchmarks/attention_cpu.py): narrow heads run bmm
+    assert [choose_backend("cpu", d, 84) for d in (4, 8, 12, 16, 32)] == [
+        "bmm", "bmm", "bmm", "sdpa", "sdpa"]
+    assert choose_backend("cuda", 8, 85) != "bmm"  # measured on CPU only
     assert choose_backend("cpu", 256, 340) == "reference"  # 25.4 vs 28.6 ms on CPU
     assert choose_backend("mps", 64, 85) == "sdpa"  # no figures: what runs everywhere
 
@@ -76,7 +80,7 @@ def test_ties_prefer_no_compilation_and_a_real_gain_picks_flex():
 
 
 def test_explicit_backend_is_kept():
-    for name in ("reference", "sdpa", "flex"):
+    for name in ("reference", "sdpa", "bmm", "flex"):
         assert resolve_backend(name, "cuda", 8, 85) == name
 
 
