@@ -234,3 +234,25 @@ def test_the_first_trials_are_the_spread_start_up_not_random():
         widths.append((first.params["width"], second.params["width"]))
     # 4..40 in log width: the start-up points at 1/6 and 1/2 of the range
     assert widths == [(6, 13), (6, 13)]
+
+
+def test_probes_that_pick_only_a_width_take_the_fewest_scales():
+    """Start-up trials and probes with nothing to copy train the smallest, cheapest model
+    of their width (K at its lowest); a probe copying a trial keeps that trial's K."""
+    space = _space()
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=make_sampler("frontier", [0.1, 0.05], space, seed=4))
+    startup = [study.ask(space) for _ in range(3)]
+    assert [t.params["scales"] for t in startup] == [2, 2, 2]
+    assert len({t.params["width"] for t in startup}) == 3
+    # a planted K = 3 trial that reaches: the bisection below it copies K = 3 (explore off)
+    study, space = _planted(FrontierSampler([0.1], seed=0, explore=0.0),
+                            [(5, 2, "bicubic", 0.2), (8, 2, "bicubic", 0.2),
+                             (20, 3, "bilinear", 0.05)])
+    t = study.ask(space)
+    assert 8 < t.params["width"] < 20 and t.params["scales"] == 3
+    # with no trial to copy from (explore on every probe), K is the lowest again
+    study, space = _planted(FrontierSampler([0.1], seed=0, explore=1.0),
+                            [(5, 2, "bicubic", 0.2), (8, 2, "bicubic", 0.2),
+                             (20, 3, "bilinear", 0.05)])
+    assert study.ask(space).params["scales"] == 2
