@@ -256,3 +256,12 @@ def test_probes_that_pick_only_a_width_take_the_fewest_scales():
                             [(5, 2, "bicubic", 0.2), (8, 2, "bicubic", 0.2),
                              (20, 3, "bilinear", 0.05)])
     assert study.ask(space).params["scales"] == 2
+
+
+def test_bisections_go_easiest_eps_first():
+    """Two open intervals: ε = 0.1 between widths 4 and 16, ε = 0.05 between 16 and 32.
+    The next probe bisects the easier one, at the cheap small widths."""
+    study, space = _planted(FrontierSampler([0.1, 0.05], seed=0, explore=0.0),
+                            [(4, 2, "bicubic", 0.2), (16, 2, "bicubic", 0.08),
+                             (32, 2, "bicubic", 0.04)])
+    assert study.ask(space).params["width"] == 8  # hardest first asked for 23
