@@ -54,7 +54,7 @@ MEASURED: tuple[Measured, ...] = (
              "issue 11, H200, torch 2.11+cu130"),
 ) + tuple(  # the model's own case: the last scale's queries (64, or 256 at s_last 16), unmasked
     Measured("cpu", t, d, {"sdpa": a, "bmm": b},
-             "benchmarks/attention_cpu.py, 2-core Xeon, torch 2.13 CPU, one thread")
+             "benchmarks/attention_cpu.py, 2-core AMD EPYC, torch 2.13 CPU, one thread")
     for t, d, a, b in ((84, 4, 2.47, 1.81), (84, 8, 2.89, 1.80), (84, 12, 2.41, 2.03),
                        (84, 16, 1.98, 1.86), (84, 32, 3.10, 2.85), (68, 8, 2.45, 1.90),
                        (68, 16, 1.69, 1.73), (120, 8, 3.80, 2.47), (120, 16, 2.50, 2.29),

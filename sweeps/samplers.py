@@ -27,8 +27,9 @@ count K, whose every extra scale adds parameters (a level embedding) and
 tokens (a slower trial), so a probe is the smallest, cheapest model of its
 width; interpolation and the rest stay random. Measured on quick.yaml's
 exhaustive grids (benchmarks/sampler_compare.py, 20 x 20 seed pairs against
-10 random trials, which is what the peer's OptunaSearch runs): at least as
-small at every ε in 96% → 100% of pairs at L = 1 and 25% → 35% at L = 2.
+10 random trials, which is what the peer's OptunaSearch runs; trials one at
+a time, the grid without noise): at least as small at every ε in 96% → 100%
+of pairs at L = 1 and 25% → 35% at L = 2.
 
 The bisections go easiest ε first. The largest ε's N* lies at the smallest
 widths: the cheapest trials, and where 10 random trials land most often.
@@ -37,8 +38,8 @@ Hardest first spent a quick sweep's trials on the widest, slowest models
 the start-up widths: twice in a row on quick.yaml the peer's N*(0.1, L = 2)
 was 250 against our 367. With per-trial noise (err × e^N(0, 0.1)) and two
 workers in flight (``sampler_compare --noise 0.1 --workers 2``), easiest first
-is at least as small as 10 random trials at every ε in 34% → 72% of pairs at
-L = 1 and 2% → 14% at L = 2 (random against random: 16% and 4%).
+is at least as small as 10 random trials at every ε in 33% → 71% of pairs at
+L = 1 and 6% → 10% at L = 2 (random against random: 16% and 4%).
 """
 
 from __future__ import annotations
