@@ -71,17 +71,16 @@ def grid_results(spec, variant, lipschitz: float = 1.0,
 
 
 def trials_to_frontier(sampler_name: str, seed: int, spec, variant, table, budget: int,
-                       at: int) -> tuple[int | None, int, list[float]]:
+                       at: int) -> tuple[int | None, int]:
     """Trials until the frontier equals the exhaustive one (None: not within
-    ``budget``), at how many ε it equals it after ``at`` trials, and N* per ε
-    then (inf where not reached)."""
+    ``budget``), and at how many ε it equals it after ``at`` trials."""
     space = search_space(spec, variant)
     truth = [(p.eps, p.n_star) for p in frontier(
         [TrialPoint(i, n, e, "completed") for i, (n, e) in enumerate(table.values())], spec.eps)]
     sampler = make_sampler(sampler_name, spec.eps, space, seed)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
     points: list[TrialPoint] = []
-    found, right_at, nstar_at = None, 0, []
+    found, right_at = None, 0
     for n in range(1, max(budget, at) + 1):
         trial = study.ask(space)
         key = (trial.params["width"], trial.params["scales"], trial.params["interp"])
@@ -91,12 +90,11 @@ def trials_to_frontier(sampler_name: str, seed: int, spec, variant, table, budge
         mine = [(p.eps, p.n_star) for p in frontier(points, spec.eps)]
         if n == at:
             right_at = sum(a == b for a, b in zip(mine, truth))
-            nstar_at = [p.n_star if p.reached else math.inf for p in frontier(points, spec.eps)]
         if found is None and mine == truth:
             found = n
         if found is not None and n >= at:
             break
-    return found, right_at, nstar_at
+    return found, right_at
 
 
 def frontier_after(sampler, table, spec, space, at: int, noise: float, workers: int,
@@ -147,14 +145,12 @@ def main() -> None:
                 spec.eps)))
         print(f"{'sampler':10s} {'trials to frontier per seed':34s} median | "
               f"ε points right after {at} trials (of {len(spec.eps)}), per seed")
-        at_n = {}
         for name in ("frontier", "tpe", "nsga2", "random"):
             runs = [trials_to_frontier(name, s, spec, variant, table, args.budget, at)
                     for s in range(args.seeds)]
-            shown = [str(c) if c is not None else f">{args.budget}" for c, _, _ in runs]
-            capped = [c if c is not None else args.budget + 1 for c, _, _ in runs]
-            right = [r for _, r, _ in runs]
-            at_n[name] = [n for _, _, n in runs]
+            shown = [str(c) if c is not None else f">{args.budget}" for c, _ in runs]
+            capped = [c if c is not None else args.budget + 1 for c, _ in runs]
+            right = [r for _, r in runs]
             print(f"{name:10s} {' '.join(shown):34s} {statistics.median(capped):>6g} | "
                   f"{' '.join(map(str, right))} (mean {statistics.mean(right):.1f})")
         # the peer (OptunaSearch, multi-objective TPE) samples its first 10 trials at random
