@@ -93,3 +93,19 @@ def test_last_scale_of_a_prefix_is_its_own():
     from varbench.models.var import last_scale_tokens
 
     assert last_scale_tokens([2, 4, 8]) == {4: 4, 20: 16, 84: 64}
+
+
+def test_auto_runs_bmm_only_on_unmasked_queries(monkeypatch):
+    """bmm's measured rows are unmasked last-scale queries; a masked pass under auto
+    goes to sdpa (bmm measured 0.9-1.3x sdpa there)."""
+    import varbench.models.attention as A
+
+    used = []
+    for name in ("bmm", "sdpa"):
+        real = A._IMPLS[name]
+        monkeypatch.setitem(A._IMPLS, name, lambda *a, _n=name, _f=real: used.append(_n) or _f(*a))
+    ids = _ids()
+    q, k, v = (t[..., :8] for t in _qkv(heads=1, grad=False))
+    attention(q, k, v, ids, "auto")
+    attention(q[:, :, -16:], k, v, ids, "auto", full=True)
+    assert used == ["sdpa", "bmm"]

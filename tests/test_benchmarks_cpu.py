@@ -1,7 +1,18 @@
 """The CPU benchmarks behind README figures still run and print their tables
 (small settings: this checks the code, not the numbers)."""
 
+import pytest
+import torch
+
 from benchmarks import attention_cpu, step_cpu
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """The benchmarks pin one thread for the process: give the rest of the suite its own."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 def test_attention_cpu_prints_one_row_per_shape(capsys):
