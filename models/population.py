@@ -75,6 +75,7 @@ class PopBlock(nn.Module):
     def __init__(self, blocks, cfg: VARConfig):
         super().__init__()
         self.cfg = cfg
+        self.last_scale = last_scale_tokens(cfg.sides)  # as SelfAttention: unmasked within it
         self.ln1 = PopLayerNorm([b.ln1 for b in blocks])
         self.qkv = PopLinear([b.attn.qkv for b in blocks])  # no bias: q and v biases below
         self.q_bias = _stack([b.attn.q_bias for b in blocks])  # (R, d)
@@ -99,7 +100,7 @@ class PopBlock(nn.Module):
             q, k, v = self.qkv(x, qkv_bias).split(d, dim=2)
         q, k, v = (z.reshape(r * batch, -1, heads, d // heads).transpose(1, 2) for z in (q, k, v))
         y = attention(q, k, v, scale_ids, self.cfg.backend, mask,  # replicas folded into batch
-                      full=t - start <= last_scale_tokens(self.cfg.sides).get(t, 0))
+                      full=t - start <= self.last_scale.get(t, 0))
         h = h + self.proj(y.transpose(1, 2).reshape(r, batch * (t - start), d))
         return h + self.out(F.gelu(self.fc(self.ln2(h))))
 

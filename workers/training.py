@@ -199,8 +199,8 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     mode = resolve_step_mode(cfg.step_mode, device, cfg.model, cfg.width, cfg.steps)
     result.step_mode, result.matmul_precision = mode, cfg.matmul_precision
     # eager: one fused kernel for the whole update, on a GPU (launch-bound) and on the CPU
-    # (0.08 against 0.42-0.47 ms per step at widths 4-32 for the per-parameter loop: 5-10%
-    # of a quick trial's step, benchmarks/step_cpu.py); compiled: the learning rate is a
+    # (0.08 against 0.42-0.47 ms per step at widths 4-32 for the per-parameter loop, timed
+    # alone; a quick trial's whole step is 5-12 ms, benchmarks/step_cpu.py); compiled: the lr is a
     # tensor, so the schedule does not recompile the step
     lr = cfg.lr if mode == "eager" else torch.tensor(cfg.lr, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
