@@ -43,10 +43,16 @@ from varbench.orchestrator.studies import Studies, study_name
 from varbench.sweeps.convergence import FAILING, REACHING, judge, plan_checks
 from varbench.sweeps.frontier import FrontierPoint, bar_for
 from varbench.sweeps.inference import told_error
-from varbench.sweeps.space import flow_settings, search_space, trial_config, trial_seed
+from varbench.sweeps.space import (
+    distinct_configs,
+    flow_settings,
+    search_space,
+    trial_config,
+    trial_seed,
+)
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
-from varbench.workers.population import batched, population_size, shape_key
+from varbench.workers.population import PER_REPLICA, batched, population_size, shape_key
 from varbench.workers.remote import (
     FAULT_VARS,
     checkpoint_task,
@@ -398,9 +404,6 @@ class Driver:
         """One Ray task for one trial, or for several of one shape (a population)."""
         keys = [f"{cell.study_name}#{trial.number}" for cell, trial, _ in entries]
         options, threads = self._task_options()
-        for cell, trial, cfg in entries:  # its MLflow run is RUNNING from now on
-            run_id = self.recorder.start_trial(cell.study_name, trial.number, cfg, cell.space)
-            self.studies.set_trial_attrs(trial, {"mlflow_run_id": run_id})
         if len(entries) == 1 and entries[0][2].get("keep_checkpoint"):  # state comes back too
             ref = checkpoint_task.options(**options).remote(entries[0][2], threads, keys[0])
         elif len(entries) == 1:
@@ -408,6 +411,11 @@ class Driver:
         else:
             ref = population_task.options(**options).remote([e[2] for e in entries], threads, keys)
         self._inflight[ref] = entries
+        # the task first, its MLflow run while it trains: the worker does not wait on
+        # MLflow (25-40 ms a trial on SQLite); the run is RUNNING before any result is read
+        for cell, trial, cfg in entries:
+            run_id = self.recorder.start_trial(cell.study_name, trial.number, cfg, cell.space)
+            self.studies.set_trial_attrs(trial, {"mlflow_run_id": run_id})
 
     def _ours(self, cell: Cell) -> set[int]:
         """Trial numbers of ``cell`` this driver holds: in flight, asked, being sent."""
@@ -453,7 +461,7 @@ class Driver:
                        and not cfg.keep_checkpoint else ("alone", cell.cell_id, trial.number))
                 groups.setdefault(key, []).append((cell, trial, cfg))
             for key, entries in groups.items():
-                if key[0] != "alone":
+                if key[0] != "alone" and self._can_share(entries[0][0]):
                     self._top_up(key, entries)
                 self._submit([(c, t, self._with_bar(c, cfg).to_dict()) for c, t, cfg in entries])
             self._outgoing = []
@@ -479,6 +487,17 @@ class Driver:
             cfg = replace(cfg, keep_checkpoint=True)
         cell.in_flight += 1
         return cell, trial, cfg
+
+    def _can_share(self, cell: Cell) -> bool:
+        """Whether the cell's study may ask two trials of one shape: they differ only
+        in what a population varies per replica (``PER_REPLICA``), so only a searched
+        lr, or a sampler that repeats a configuration, gives one. The frontier
+        sampler repeats one only once the space is exhausted: before that, topping
+        up its trials would only ask the next trial early, before results it should
+        see (a third trial in flight on two slots), and hand trials out cell by cell."""
+        if self.spec.sampler != "frontier" or any(k in PER_REPLICA for k in cell.space):
+            return True
+        return cell.done + cell.in_flight >= distinct_configs(cell.space)
 
     def _top_up(self, key: tuple, entries: list) -> None:
         """Ask the same study for more trials while they come out in this shape.

@@ -265,3 +265,31 @@ def test_bisections_go_easiest_eps_first():
                             [(4, 2, "bicubic", 0.2), (16, 2, "bicubic", 0.08),
                              (32, 2, "bicubic", 0.04)])
     assert study.ask(space).params["width"] == 8  # hardest first asked for 23
+
+
+def test_the_driver_asks_a_frontier_study_ahead_only_once_its_space_is_exhausted():
+    """Topping up a population asks the study for its next trial early; the frontier
+    sampler never repeats a config, so before the space is exhausted that trial can
+    never share the shape and was only decided without the latest results."""
+    from types import SimpleNamespace
+
+    from optuna.distributions import FloatDistribution
+
+    from varbench.orchestrator.driver import Driver
+    from varbench.sweeps.space import distinct_configs
+
+    space = {"width": IntDistribution(4, 32, log=True), "scales": IntDistribution(2, 3),
+             "interp": CategoricalDistribution(["bicubic", "bilinear"])}
+    assert distinct_configs(space) == 29 * 2 * 2
+    assert distinct_configs({**space, "lr": FloatDistribution(1e-3, 1e-1)}) == math.inf
+
+    def can_share(sampler, space, done, in_flight=1):
+        me = SimpleNamespace(spec=SimpleNamespace(sampler=sampler))
+        return Driver._can_share(me, SimpleNamespace(space=space, done=done,
+                                                     in_flight=in_flight))
+
+    assert not can_share("frontier", space, done=9)
+    assert can_share("frontier", space, done=116)  # exhausted: it repeats from here
+    assert can_share("frontier", {"width": IntDistribution(8, 8)}, done=0)  # one config
+    assert can_share("frontier", {**space, "lr": FloatDistribution(1e-3, 1e-1)}, done=0)
+    assert can_share("random", space, done=0)  # may repeat at any time
