@@ -46,7 +46,7 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
 
 def distinct_configs(space: dict[str, BaseDistribution]) -> float:
     """How many different configurations the space holds (``math.inf`` with a float
-    dimension): a sampler that never repeats one has to only past this many trials."""
+    dimension): a sampler that never repeats one has to, but only after this many trials."""
     n = 1.0
     for dist in space.values():
         if isinstance(dist, IntDistribution):
