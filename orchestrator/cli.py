@@ -428,13 +428,15 @@ def lr_lines(rows: list[dict], width: int = 78) -> str:
     recipe = (rows[0].get("recipe") or {}) if rows else {}
     if recipe.get("lr_choice", "searched" if recipe.get("lr_searched") else "fixed") == "fixed":
         return ""
-    used = {r["trial"]: r["config"]["lr"] for r in rows
+    # trial numbers are per study: with several L in the table, L names the trial too
+    several = len({r.get("lipschitz") for r in rows}) > 1
+    used = {(r.get("lipschitz"), r["trial"]): r["config"]["lr"] for r in rows
             if r["reached"] and (r.get("config") or {}).get("lr") is not None}
     if not used:
         return ""
     lines, line = [], "lr by trial:"
-    for trial, lr in used.items():
-        item = f"#{trial} {lr:.2g}"
+    for (lip, trial), lr in used.items():
+        item = f"L={lip:g} #{trial} {lr:.2g}" if several else f"#{trial} {lr:.2g}"
         if len(line) + len(item) + 3 > width:
             lines.append(line)
             line = "  " + item

@@ -99,6 +99,11 @@ def test_recipe_records_the_rule_and_the_lr_used():
     rows = [{"trial": 3, "reached": True, "config": {"lr": 0.02}, "recipe": rc},
             {"trial": 5, "reached": False, "config": {"lr": 0.005}, "recipe": rc}]
     assert lr_lines(rows) == "lr by trial: #3 0.02\n"
+    # one table holds every L, and trial numbers restart per study: #5 at L = 1 and
+    # #5 at L = 2 are two trials (the L = 2 one used to overwrite the other)
+    two = [{"trial": 5, "lipschitz": 1.0, "reached": True, "config": {"lr": 0.028}, "recipe": rc},
+           {"trial": 5, "lipschitz": 2.0, "reached": True, "config": {"lr": 0.04}, "recipe": rc}]
+    assert lr_lines(two) == "lr by trial: L=1 #5 0.028 · L=2 #5 0.04\n"
     fixed = cell_recipe(_spec(), 30)
     assert "lr 0.01 fixed" in recipe_text(fixed) and lr_lines(
         [dict(rows[0], recipe=fixed)]) == ""
