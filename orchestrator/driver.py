@@ -43,13 +43,7 @@ from varbench.orchestrator.studies import Studies, study_name
 from varbench.sweeps.convergence import FAILING, REACHING, judge, plan_checks
 from varbench.sweeps.frontier import FrontierPoint, bar_for
 from varbench.sweeps.inference import told_error
-from varbench.sweeps.space import (
-    distinct_configs,
-    flow_settings,
-    search_space,
-    trial_config,
-    trial_seed,
-)
+from varbench.sweeps.space import flow_settings, search_space, trial_config, trial_seed
 from varbench.sweeps.spec import ModelVariant, SweepSpec
 from varbench.workers.config import TrialConfig
 from varbench.workers.population import PER_REPLICA, batched, population_size, shape_key
@@ -489,16 +483,19 @@ class Driver:
         cell.in_flight += 1
         return cell, trial, cfg
 
-    def _can_share(self, cell: Cell) -> bool:
+    @staticmethod
+    def _can_share(cell: Cell) -> bool:
         """Whether the cell's study may ask two trials of one shape: they differ only
         in what a population varies per replica (``PER_REPLICA``), so only a searched
         lr, or a sampler that repeats a configuration, gives one. The frontier
-        sampler repeats one only once the space is exhausted: before that, topping
-        up its trials would only ask the next trial early, before results it should
-        see (a third trial in flight on two slots), and hand trials out cell by cell."""
-        if self.spec.sampler != "frontier" or any(k in PER_REPLICA for k in cell.space):
+        sampler repeats one only once the space is exhausted (``repeats_after``):
+        before that, topping up its trials would only ask the next trial early,
+        before results it should see (a third trial in flight on two slots), and
+        hand trials out cell by cell."""
+        if any(k in PER_REPLICA for k in cell.space):
             return True
-        return cell.done + cell.in_flight >= distinct_configs(cell.space)
+        repeats_after = getattr(cell.study.sampler, "repeats_after", lambda space: 0)
+        return cell.done + cell.in_flight >= repeats_after(cell.space)
 
     def _top_up(self, key: tuple, entries: list) -> None:
         """Ask the same study for more trials while they come out in this shape.

@@ -95,6 +95,15 @@ class FrontierSampler(BaseSampler):
         self._rng.seed()
         self._random.reseed_rng()
 
+    def repeats_after(self, space: dict[str, BaseDistribution]) -> float:
+        """How many trials of ``space`` it asks before it may repeat a configuration
+        (``_novel``): all of them (``math.inf`` with a float dimension). A sampler
+        without this method may repeat one at any time."""
+        if not all(isinstance(d, (optuna.distributions.CategoricalDistribution,
+                                  IntDistribution)) for d in space.values()):
+            return math.inf
+        return math.prod(_n_values(d) for d in space.values())
+
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 
 from optuna.distributions import (
     BaseDistribution,
@@ -42,20 +41,6 @@ def search_space(spec: SweepSpec, variant: ModelVariant) -> dict[str, BaseDistri
         if isinstance(value, list):
             space[name] = CategoricalDistribution(list(value))
     return space
-
-
-def distinct_configs(space: dict[str, BaseDistribution]) -> float:
-    """How many different configurations the space holds (``math.inf`` with a float
-    dimension): a sampler that never repeats one has to, but only after this many trials."""
-    n = 1.0
-    for dist in space.values():
-        if isinstance(dist, IntDistribution):
-            n *= (dist.high - dist.low) // dist.step + 1
-        elif isinstance(dist, CategoricalDistribution):
-            n *= len(dist.choices)
-        else:
-            return math.inf
-    return n
 
 
 def flow_settings(spec: SweepSpec) -> list[str]:

@@ -274,19 +274,21 @@ def test_the_driver_asks_a_frontier_study_ahead_only_once_its_space_is_exhausted
     from types import SimpleNamespace
 
     from optuna.distributions import FloatDistribution
+    from optuna.samplers import RandomSampler
 
     from varbench.orchestrator.driver import Driver
-    from varbench.sweeps.space import distinct_configs
 
     space = {"width": IntDistribution(4, 32, log=True), "scales": IntDistribution(2, 3),
              "interp": CategoricalDistribution(["bicubic", "bilinear"])}
-    assert distinct_configs(space) == 29 * 2 * 2
-    assert distinct_configs({**space, "lr": FloatDistribution(1e-3, 1e-1)}) == math.inf
+    frontier_sampler = FrontierSampler(eps=[0.1])
+    assert frontier_sampler.repeats_after(space) == 29 * 2 * 2
+    assert frontier_sampler.repeats_after(
+        {**space, "lr": FloatDistribution(1e-3, 1e-1)}) == math.inf
 
     def can_share(sampler, space, done, in_flight=1):
-        me = SimpleNamespace(spec=SimpleNamespace(sampler=sampler))
-        return Driver._can_share(me, SimpleNamespace(space=space, done=done,
-                                                     in_flight=in_flight))
+        sampler = frontier_sampler if sampler == "frontier" else RandomSampler()
+        return Driver._can_share(SimpleNamespace(study=SimpleNamespace(sampler=sampler),
+                                                 space=space, done=done, in_flight=in_flight))
 
     assert not can_share("frontier", space, done=9)
     assert can_share("frontier", space, done=116)  # exhausted: it repeats from here
