@@ -6,7 +6,9 @@ they finish and, for each, in this order: records it in the results store
 (once: unique per cell and trial number), tells Optuna, hands the freed
 worker its next trial, then logs the result on the trial's MLflow child run
 (started RUNNING when the trial was handed out) and refreshes the cell's
-frontier. After the loop, when the spec turns the check on, it retrains each
+frontier. With ``budget.rungs`` a trial pauses at each rung and the driver
+continues it from its state file, or prunes it, by its bar as it stands then
+(``orchestrator.rungs``). After the loop, when the spec turns the check on, it retrains each
 reached frontier point at a larger budget and stores its verdict
 (``_run_checks``, ``sweeps.convergence``). Workers only compute; ``studies`` talks to Optuna and
 ``recorder`` does every write to the store and MLflow.
@@ -37,6 +39,7 @@ import ray
 from varbench.orchestrator import cluster
 from varbench.orchestrator.errors import RunFailed
 from varbench.orchestrator.recorder import Recorder
+from varbench.orchestrator.rungs import Fidelity, rung_steps
 from varbench.orchestrator.settings import Settings
 from varbench.orchestrator.store import trial_point
 from varbench.orchestrator.studies import Studies, study_name
@@ -134,6 +137,10 @@ class Driver:
         self._references: dict[str, ray.ObjectRef] = {}  # reference_task per cell less budget
         self._sizes: dict[tuple, int] = {}  # N per shape, for the bars
         self._checks_inflight: dict[ray.ObjectRef, tuple[Cell, str, int, dict, str]] = {}
+        # multi-fidelity (``budget.rungs``): each trial's rungs, by (cell id, number), and
+        # the paused trials that passed theirs, to continue before any new trial
+        self._fidelity: dict[tuple[int, int], Fidelity] = {}
+        self._resumes: list[tuple[Cell, optuna.Trial, dict, str]] = []
         # where the trials train: one population task per GPU when the spec asks for GPUs
         self.device_type = "cuda" if spec.resources.gpus > 0 else "cpu"
 
@@ -232,8 +239,9 @@ class Driver:
                 if row is not None:  # recorded, not told: tell it now
                     self.studies.tell(cell.study, t.number, row.status, row.n_params,
                                       told_error(row.result or {})[0])
-                else:  # never recorded: run its params again
+                else:  # never recorded: run its params again (a rung's state goes)
                     self.studies.requeue(cell.study, t.number, dict(t.params))
+                    self.recorder.drop_checkpoint(cell.study_name, t.number)
             for number, row in recorded.items():
                 if row.mlflow_run_id is None:  # its run gets the result (or is made)
                     self.recorder.trial_result(cell.cell_id, cell.study_name, number,
@@ -294,23 +302,27 @@ class Driver:
                 if not ready:
                     ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=1.0)
                 waited += time.perf_counter() - t_wait
-                done = []
+                done, paused = [], []
                 for ref in ready:
                     entries = self._inflight[ref]
-                    for (cell, trial, _), (result, blob) in zip(entries,
-                                                                self._collect(ref, entries)):
-                        if blob is not None and result.get("status") == "completed":
-                            # the file first: a stored result never names a missing file
-                            result["checkpoint"] = self.recorder.save_checkpoint(
-                                cell.study_name, trial.number, blob)
-                        new = self._record(cell, trial, result)
-                        ran += 1
-                        recorded += int(new)
-                        compute += float(result.get("seconds") or 0.0)
-                        done.append((cell, trial.number, result, new))
+                    for (cell, trial, cfg), (result, blob) in zip(entries,
+                                                                  self._collect(ref, entries)):
+                        compute += float(result.get("seconds") or 0.0)  # this task's share
+                        fid = self._fidelity.get((cell.cell_id, trial.number))
+                        if fid is not None and result.get("paused"):
+                            paused.append((cell, trial, cfg, result, blob, fid))
+                            continue
+                        if fid is not None:  # its last segment: the whole trial's result
+                            result = self._fidelity.pop((cell.cell_id, trial.number)).finish(
+                                result)
+                        done.append(self._land(cell, trial, result, blob))
                     del self._inflight[ref]  # only now: a Ctrl-C above leaves it to settle
                     for cell, _, _ in entries:
                         cell.in_flight -= 1
+                for cell, trial, result in self._at_rungs(paused, done):  # pruned there
+                    done.append(self._land(cell, trial, result, None))
+                ran += len(done)
+                recorded += sum(int(new) for *_, new in done)
                 # keep the workers busy before the slower bookkeeping (MLflow, frontier)
                 self._fill(slots, deadline)
                 for cell, number, result, new in done:
@@ -345,6 +357,54 @@ class Driver:
             self.spec.name, ran, recorded, time.perf_counter() - t0, compute, fronts, interrupted,
             setup, waited, checks,
         )
+
+    def _land(self, cell: Cell, trial: optuna.Trial, result: dict,
+              blob: bytes | None) -> tuple[Cell, int, dict, bool]:
+        """A trial's final result: its kept state to a file, then the store and Optuna
+        (``_record``). A trial that paused at rungs and keeps no state loses its file."""
+        if blob is not None and result.get("status") == "completed":
+            # the file first: a stored result never names a missing file
+            result["checkpoint"] = self.recorder.save_checkpoint(
+                cell.study_name, trial.number, blob)
+        elif result.get("rungs"):
+            self.recorder.drop_checkpoint(cell.study_name, trial.number)
+        return cell, trial.number, result, self._record(cell, trial, result)
+
+    def _at_rungs(self, paused: list, done: list) -> list[tuple[Cell, optuna.Trial, dict]]:
+        """Judge each trial paused at a rung against its bar as the frontier stands now,
+        with the results of this same batch in it (``orchestrator.rungs``). One that
+        passes has its state written to a file and is queued to go on before any new
+        trial; the others come back to be recorded as pruned."""
+        if not paused:
+            return []
+        touched = {id(c) for c, _, _, new in done if new}
+        for cell in {id(c): c for c, *_ in paused}.values():
+            if id(cell) in touched:
+                self._refresh_frontier(cell)
+        out = []
+        for cell, trial, cfg, result, blob, fid in paused:
+            bar = self._with_bar(cell, TrialConfig.from_dict(cfg)).bar
+            why = fid.judge(result, bar, int(cfg["steps"]))
+            if why is not None:
+                del self._fidelity[(cell.cell_id, trial.number)]
+                out.append((cell, trial, fid.pruned(result, why)))
+                continue
+            rel = self.recorder.save_checkpoint(cell.study_name, trial.number, blob)
+            self._resumes.append((cell, trial, cfg, rel))
+            cell.in_flight += 1
+        return out
+
+    def _continue(self, cell: Cell, trial: optuna.Trial, cfg: dict, rel: str) -> None:
+        """A trial that passed its rung, resumed from the file its state was written to,
+        with the bar as it stands now (its own rule judges the rest of the run by it)."""
+        fid = self._fidelity[(cell.cell_id, trial.number)]
+        blob = self.recorder.load_checkpoint(rel)
+        cfg = self._with_bar(cell, TrialConfig.from_dict(cfg)).to_dict()
+        options, threads = self._task_options()
+        ref = checkpoint_task.options(**options).remote(
+            cfg, threads, f"{cell.study_name}#{trial.number}", blob,
+            fid.stops[0] if fid.stops else None)
+        self._inflight[ref] = [(cell, trial, cfg)]
 
     @staticmethod
     def _setting_names(cell: Cell) -> list[str]:
@@ -398,8 +458,12 @@ class Driver:
         """One Ray task for one trial, or for several of one shape (a population)."""
         keys = [f"{cell.study_name}#{trial.number}" for cell, trial, _ in entries]
         options, threads = self._task_options()
-        if len(entries) == 1 and entries[0][2].get("keep_checkpoint"):  # state comes back too
-            ref = checkpoint_task.options(**options).remote(entries[0][2], threads, keys[0])
+        fid = self._fidelity.get((entries[0][0].cell_id, entries[0][1].number))
+        if len(entries) == 1 and (fid is not None or entries[0][2].get("keep_checkpoint")):
+            # state comes back too: at its first rung, or at the end
+            at_rung = (None, fid.stops[0]) if fid is not None else ()  # (resume, pause_at)
+            ref = checkpoint_task.options(**options).remote(entries[0][2], threads, keys[0],
+                                                            *at_rung)
         elif len(entries) == 1:
             ref = trial_task.options(**options).remote(entries[0][2], threads, keys[0])
         else:
@@ -415,7 +479,7 @@ class Driver:
     def _ours(self, cell: Cell) -> set[int]:
         """Trial numbers of ``cell`` this driver holds: in flight, asked, being sent."""
         held = [e for entries in self._inflight.values() for e in entries]
-        held += self._pending + self._outgoing
+        held += self._pending + self._outgoing + [r[:3] for r in self._resumes]
         return {t.number for c, t, _ in held if c is cell}
 
     def _collect(self, ref: ray.ObjectRef, entries) -> list[tuple[dict, bytes | None]]:
@@ -438,6 +502,8 @@ class Driver:
         Packing only pays where stacked replicas train faster than one by one
         (``workers.population.batched``); other trials get a task each.
         """
+        while self._resumes and len(self._inflight) < slots:  # past the deadline too
+            self._continue(*self._resumes.pop(0))
         while len(self._inflight) < slots and time.perf_counter() < deadline:
             free = slots - len(self._inflight)
             while len(self._pending) < free:
@@ -451,9 +517,12 @@ class Driver:
             groups: dict[tuple, list] = {}
             for cell, trial, cfg in self._outgoing:
                 # a trial with seed replicas is its own population (run_trial stacks them);
-                # one that keeps its checkpoint trains alone (populations keep none)
+                # one that keeps its checkpoint or pauses at rungs trains alone (populations
+                # keep no state)
                 key = (shape_key(cfg) if batched(cfg, self.device_type) and cfg.replicas == 1
-                       and not cfg.keep_checkpoint else ("alone", cell.cell_id, trial.number))
+                       and not cfg.keep_checkpoint
+                       and (cell.cell_id, trial.number) not in self._fidelity
+                       else ("alone", cell.cell_id, trial.number))
                 groups.setdefault(key, []).append((cell, trial, cfg))
             for key, entries in groups.items():
                 if key[0] != "alone" and self._can_share(entries[0][0]):
@@ -480,6 +549,9 @@ class Driver:
                            trial_seed(self.spec, cell.study_name, trial.number), cell.steps)
         if self.spec.check.enabled and cfg.replicas == 1:  # a frontier trial may be continued
             cfg = replace(cfg, keep_checkpoint=True)
+        stops = rung_steps(self.spec.budget.rungs, cfg.steps, cfg.eval_every)
+        if stops and cfg.replicas == 1:  # seed replicas train as one population: no rungs
+            self._fidelity[(cell.cell_id, trial.number)] = Fidelity(stops)
         cell.in_flight += 1
         return cell, trial, cfg
 
@@ -627,7 +699,8 @@ class Driver:
                 pass
         self._inflight.clear()
         self._checks_inflight.clear()
-        self._pending, self._outgoing = [], []
+        self._pending, self._outgoing, self._resumes = [], [], []
+        self._fidelity.clear()
         self._recover()
         self.recorder.kill_open_trials("the sweep was interrupted; the trial runs again on resume")
 

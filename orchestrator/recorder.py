@@ -278,8 +278,12 @@ class Recorder:
                     for e, ok in (result.get("reached") or {}).items()]
         metrics += _curve_metrics(result)
         metrics += _flow_metrics(result)
-        self.tracker.log(run_id, metrics=metrics, tags={
-            "varbench.status": result.get("status", ""), "varbench.reason": result.get("reason", "")})
+        tags = {"varbench.status": result.get("status", ""),
+                "varbench.reason": result.get("reason", "")}
+        if result.get("rungs"):  # multi-fidelity: where it paused and what was decided
+            tags["varbench.rungs"] = " ".join(f"{r['step']}:{r['verdict']}"
+                                              for r in result["rungs"])
+        self.tracker.log(run_id, metrics=metrics, tags=tags)
         if result.get("curves"):
             self.tracker.log_dict(run_id, {"replicas": result["curves"],
                                            "replica_err_ucb": result.get("replica_err_ucb")},
@@ -330,12 +334,15 @@ class Recorder:
 
     # --- checkpoints and convergence checks ------------------------------------------
 
+    def _checkpoint_rel(self, study: str, number: int) -> Path:
+        return Path("checkpoints") / _safe(self.sweep) / _safe(study) / f"{number}.pt"
+
     def save_checkpoint(self, study: str, number: int, blob: bytes) -> str:
         """A trial's final state as a file under the work directory (never in SQL):
         ``checkpoints/<sweep>/<study>/<number>.pt``, written whole (temp file, then
         rename). Returns the path relative to the work directory, which the stored
         result keeps."""
-        rel = Path("checkpoints") / _safe(self.sweep) / _safe(study) / f"{number}.pt"
+        rel = self._checkpoint_rel(study, number)
         path = self.settings.workdir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".pt.tmp")
@@ -349,6 +356,10 @@ class Recorder:
             return None
         path = self.settings.workdir / rel
         return path.read_bytes() if path.is_file() else None
+
+    def drop_checkpoint(self, study: str, number: int) -> None:
+        """Delete one trial's state file, if any (a rung's, once the trial has ended)."""
+        (self.settings.workdir / self._checkpoint_rel(study, number)).unlink(missing_ok=True)
 
     def drop_checkpoints(self, study: str, keep: set[int]) -> int:
         """Delete the study's checkpoint files but those of ``keep`` (its N* trials);

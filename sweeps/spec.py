@@ -46,6 +46,7 @@ from varbench.sweeps.fields import (
 )
 from varbench.sweeps.redact import mask_url
 from varbench.workers.errors import UserError
+from varbench.workers.stopping import START
 
 SAMPLERS = ("frontier", "tpe", "nsga2", "gp", "random", "grid")
 
@@ -121,6 +122,7 @@ class Cells(Strict):
 
 
 MAX_BUDGETS = 8  # step budgets in one spec
+MAX_RUNGS = 4  # pauses per trial
 
 
 class LrRule(Strict):
@@ -156,7 +158,27 @@ class Budget(Strict):
     n_eval: NEval = DEFAULTS.n_eval
     replicas: Small = DEFAULTS.replicas  # seeds per trial, trained together
     prune: bool = DEFAULTS.prune  # stop trials that can no longer move the frontier
+    # multi-fidelity: fractions of the budget where the driver pauses each trial and
+    # judges it against the bar as the frontier stands then (``orchestrator.rungs``);
+    # a driver setting, not a TrialConfig field
+    rungs: list[float] = Field(default_factory=list, max_length=MAX_RUNGS)
     p: PNorm = DEFAULTS.p
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v):
+        if any(not START <= f < 1 for f in v):
+            raise ValueError(f"each rung is a fraction of the budget in [{START:g}, 1): "
+                             f"the stopping bound is measured from {START:g} on")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("rungs must increase")
+        return v
+
+    @model_validator(mode="after")
+    def _rungs_prune(self):
+        if self.rungs and not self.prune:
+            raise ValueError("rungs need prune: true (a rung stops a trial by the stopping rule)")
+        return self
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -195,7 +217,7 @@ class Budget(Strict):
     def for_steps(self, steps: int) -> dict:
         """The TrialConfig budget fields of the cell trained for ``steps`` (``lr`` is
         the budget's; ``trial_config`` applies the rule per width)."""
-        return {**self.model_dump(exclude={"lr_rule"}), "steps": steps}
+        return {**self.model_dump(exclude={"lr_rule", "rungs"}), "steps": steps}
 
     def lr_at(self, width: int) -> float:
         """The lr a trial of this width trains at: ``lr``, or the rule's (4 significant

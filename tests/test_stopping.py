@@ -21,6 +21,8 @@ def test_rule_waits_for_a_quarter_of_the_budget_and_needs_a_bar():
     assert rule.check(300, 1.0)  # past 25%: 100x the bar -> fires
     assert rule.fired_at == 300 and "bar 0.01" in rule.reason
     assert not rule.check(400, 1.0)  # fires once
+    # at the end nothing is left to save: the trial is evaluated and keeps its error
+    assert not StopRule(bar=0.01, steps=1000, eval_every=100).check(1000, 1.0)
     no_bar = StopRule(bar=None, steps=1000, eval_every=100)
     assert not any(no_bar.check(s, 1.0) for s in range(100, 1001, 100))
     assert START == 0.25

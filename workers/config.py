@@ -207,6 +207,11 @@ class TrialResult:
     compile_seconds: float = 0.0  # the first step's time where it compiled (not in sec_per_step)
     monitor_err: float | None = None  # the last monitor err_ucb (what a pruned trial reached)
     pruned_at: int | None = None  # step the stopping rule fired (also when only observed)
+    # stopped at ``train_one(pause_at=)``, state in ``checkpoint``: not a final result (the
+    # driver judges it at a rung by ``monitor_err`` and continues or prunes it)
+    paused: bool = False
+    # multi-fidelity: each rung the trial passed, {step, monitor_err, bar, verdict}
+    rungs: list[dict] = field(default_factory=list)
     # learning curves, one per replica (``Curve.to_dict``): the trial's own first
     curves: list[dict] = field(default_factory=list)
     # FlowAR: the trained model at each of cfg.flow_evals, each {flow_steps, flow_solver,

@@ -59,14 +59,16 @@ def trial_task(cfg: dict, threads: int = 1, key: str = "") -> dict:
 
 @ray.remote
 def checkpoint_task(cfg: dict, threads: int = 1, key: str = "",
-                    resume: bytes | None = None) -> tuple[dict, bytes | None]:
-    """One trial that hands its final state back beside its result (``keep_checkpoint``),
-    or continues one from such a state (``resume``: the bytes the driver kept, so a
-    worker needs no shared file system). Always one model alone: populations keep
-    no checkpoints."""
+                    resume: bytes | None = None,
+                    pause_at: int | None = None) -> tuple[dict, bytes | None]:
+    """One trial that hands its state back beside its result: its final state
+    (``keep_checkpoint``), or where it paused (``pause_at``, a multi-fidelity
+    rung); or that continues from such a state (``resume``: the bytes the driver
+    kept, so a worker needs no shared file system). Always one model alone:
+    populations keep no checkpoints."""
     torch.set_num_threads(max(1, threads))
     _maybe_die(key)
-    res = train_one(TrialConfig.from_dict(cfg), resume=resume)
+    res = train_one(TrialConfig.from_dict(cfg), resume=resume, pause_at=pause_at)
     return res.to_dict(), res.checkpoint
 
 

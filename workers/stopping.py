@@ -42,6 +42,22 @@ def improvement_bound(frac: float) -> float:
     return 1.0
 
 
+def out_of_reach(err: float, bar: float | None, step: int, steps: int) -> str | None:
+    """Why a trial at monitor error ``err`` after ``step`` of ``steps`` can no longer
+    reach ``bar``, or None while it still can (or before ``START``, or with no bar).
+    The one rule: the worker applies it at every monitor evaluation, a
+    multi-fidelity rung (``orchestrator.rungs``) at a pause, against a fresher bar."""
+    frac = step / steps
+    if bar is None or frac < START or step >= steps:  # at the end nothing is left to save:
+        return None  # the trial is evaluated and recorded with the error it ended at
+    limit = SAFETY * improvement_bound(frac) * bar
+    if not err > limit:
+        return None
+    return (f"monitor err {err:.3g} at step {step}/{steps} is above "
+            f"{limit:.3g} = {SAFETY:g} x {improvement_bound(frac):.2f} x the bar "
+            f"{bar:g}: no measured trial fell that much from here")
+
+
 @dataclass
 class StopRule:
     bar: float | None
@@ -54,14 +70,10 @@ class StopRule:
     def check(self, step: int, err: float) -> bool:
         """Record the monitor error at ``step``; True the first time the rule fires."""
         self.history.append(err)
-        frac = step / self.steps
-        if self.bar is None or self.fired_at is not None or frac < START:
+        if self.fired_at is not None:
             return False
-        limit = SAFETY * improvement_bound(frac) * self.bar
-        if not err > limit:
+        why = out_of_reach(err, self.bar, step, self.steps)
+        if why is None:
             return False
-        self.fired_at = step
-        self.reason = (f"monitor err {err:.3g} at step {step}/{self.steps} is above "
-                       f"{limit:.3g} = {SAFETY:g} x {improvement_bound(frac):.2f} x the bar "
-                       f"{self.bar:g}: no measured trial fell that much from here")
+        self.fired_at, self.reason = step, why
         return True

@@ -178,8 +178,10 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     """One model, one seed: the plain loop every faster path must match.
 
     ``pause_at`` stops after that many steps of the ``cfg.steps`` schedule and
-    returns the result so far, evaluated, with a checkpoint (model, optimizer,
-    step, random streams, monitor history; the learning rate follows from the step) in ``result.checkpoint``;
+    returns ``paused`` with a checkpoint (model, optimizer, step, random streams,
+    monitor history; the learning rate follows from the step) in
+    ``result.checkpoint`` and the last monitor error, not evaluated further (a
+    rung judges the monitor error; the full evaluation is the end's alone);
     ``resume`` continues from such a checkpoint. A run paused and resumed ends
     where the uninterrupted run ends (multi-fidelity continues trials this way).
 
@@ -262,10 +264,13 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     train_s = time.perf_counter() - t_train - result.compile_seconds
     result.sec_per_step = train_s / max(step - start - (result.compile_seconds > 0), 1)
     result.final_loss = loss_val if math.isfinite(loss_val) else None
+    result.paused = paused and result.status == "completed"
     model.eval()
-    with matmul_precision(cfg.matmul_precision):
-        finish(result, model, target, cfg, device)
-    if result.status == "completed" and cfg.flow_evals and cfg.model == "flowar":
+    if not result.paused:
+        with matmul_precision(cfg.matmul_precision):
+            finish(result, model, target, cfg, device)
+    if result.status == "completed" and not result.paused and cfg.flow_evals \
+            and cfg.model == "flowar":
         result.flow_evals = evaluate_flow_settings(model, target, cfg, device, result)
     result.seconds = time.perf_counter() - t0
     return result
