@@ -30,7 +30,9 @@ from varbench.models.config import BACKENDS  # torch-free, for the CLI
 FLEX_MIN_HEAD_DIM = 16  # flex's kernels refuse narrower heads on CUDA: pad to this
 TIE = 1.10  # a backend within 10% of the fastest counts as equally fast
 PREFERENCE = ("sdpa", "bmm", "reference", "flex")  # among equals: no compilation first
-BMM_PAD = 16  # bmm pads narrower heads to this: MKL's batched matmul is 2-3x slower at 4-8 columns
+# MKL's batched matmul is 1.2-5x slower when the product has d columns, d not a multiple of
+# this, than for the transposed product (benchmarks/attention_cpu.py, ``_narrow_bmm``)
+BMM_ALIGN = 16
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class Measured:
 
 
 # Every figure ``auto`` decides from; add rows from `make bench` / `make bench-gpu`.
+# CPU, the quick shapes: every head dim 4-32, because sdpa's CPU kernel is up to 1.6x slower
+# at head dims that are not multiples of 4 (68 tokens: 3.33 ms at 11, 2.11 at 12), so a row
+# does not stand for its neighbours
+CPU_SOURCE = ("benchmarks/attention_cpu.py, 2026-11-28, 2-core AMD EPYC, torch 2.13 CPU, "
+              "one thread, batch 64, bmm with transposed narrow products")
 MEASURED: tuple[Measured, ...] = (
     Measured("cpu", 84, 64, {"reference": 1.25, "sdpa": 0.89},
              "make bench, 2-core Xeon, torch 2.13 CPU, batch 16"),
@@ -53,12 +60,28 @@ MEASURED: tuple[Measured, ...] = (
     Measured("cuda", 85, 64, {"reference": 0.73, "sdpa": 0.42, "flex": 2.2},
              "issue 11, H200, torch 2.11+cu130"),
 ) + tuple(  # the model's own case: the last scale's queries (64, or 256 at s_last 16), unmasked
+    Measured("cpu", t, d, {"sdpa": a, "bmm": b}, CPU_SOURCE) for t, d, a, b in (
+    (68, 4, 2.10, 1.37), (68, 5, 2.57, 1.33), (68, 6, 2.54, 1.48), (68, 7, 2.85, 1.59),
+    (68, 8, 2.43, 1.25), (68, 9, 3.13, 1.72), (68, 10, 3.00, 1.70), (68, 11, 3.33, 1.64),
+    (68, 12, 2.11, 1.83), (68, 13, 2.46, 1.70), (68, 14, 2.50, 1.63), (68, 15, 2.83, 1.73),
+    (68, 16, 1.65, 1.59), (68, 17, 1.99, 1.78), (68, 18, 2.04, 2.09), (68, 19, 2.33, 2.20),
+    (68, 20, 2.09, 1.92), (68, 21, 2.37, 2.00), (68, 22, 2.40, 2.02), (68, 23, 2.71, 2.10),
+    (68, 24, 2.16, 2.18), (68, 25, 2.52, 2.37), (68, 26, 2.59, 2.81), (68, 27, 2.92, 2.71),
+    (68, 28, 2.66, 2.92), (68, 29, 3.20, 2.66), (68, 30, 3.08, 2.67), (68, 31, 3.41, 2.95),
+    (68, 32, 2.98, 2.61), (68, 48, 3.76, 3.58), (68, 64, 4.79, 4.68), (84, 4, 2.52, 1.37),
+    (84, 5, 3.07, 1.42), (84, 6, 2.98, 1.73), (84, 7, 3.45, 1.71), (84, 8, 2.88, 1.79),
+    (84, 9, 3.71, 1.94), (84, 10, 3.73, 2.09), (84, 11, 3.92, 1.98), (84, 12, 2.40, 1.74),
+    (84, 13, 2.82, 2.20), (84, 14, 2.93, 1.95), (84, 15, 3.33, 2.22), (84, 16, 1.97, 1.99),
+    (84, 17, 2.32, 2.20), (84, 18, 2.36, 2.40), (84, 19, 2.75, 2.45), (84, 20, 2.41, 2.79),
+    (84, 21, 2.84, 2.79), (84, 22, 2.90, 3.03), (84, 23, 3.30, 2.69), (84, 24, 2.58, 2.70),
+    (84, 25, 2.97, 3.12), (84, 26, 3.02, 3.16), (84, 27, 3.43, 3.23), (84, 28, 3.31, 3.30),
+    (84, 29, 3.82, 3.57), (84, 30, 3.92, 3.90), (84, 31, 4.45, 3.77), (84, 32, 3.38, 3.39),
+    (340, 8, 36.70, 30.44), (340, 16, 22.82, 34.70), (340, 24, 32.23, 39.13),
+    (340, 32, 36.71, 52.63), (340, 48, 52.22, 61.08), (340, 64, 65.25, 76.12),
+    )) + tuple(  # from before the transposed narrow products (bmm only faster since)
     Measured("cpu", t, d, {"sdpa": a, "bmm": b},
              "benchmarks/attention_cpu.py, 2-core AMD EPYC, torch 2.13 CPU, one thread")
-    for t, d, a, b in ((84, 4, 2.47, 1.81), (84, 8, 2.89, 1.80), (84, 12, 2.41, 2.03),
-                       (84, 16, 1.98, 1.86), (84, 32, 3.10, 2.85), (68, 8, 2.45, 1.90),
-                       (68, 16, 1.69, 1.73), (120, 8, 3.80, 2.47), (120, 16, 2.50, 2.29),
-                       (340, 8, 9.41, 8.20), (340, 32, 11.35, 11.67))
+    for t, d, a, b in ((120, 8, 3.80, 2.47), (120, 16, 2.50, 2.29))
 )
 
 
@@ -108,17 +131,17 @@ def _sdpa(q, k, v, mask, scale_ids):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def _widen(x: torch.Tensor) -> torch.Tensor:
-    """Zero columns up to ``BMM_PAD``: as a matmul's right operand they change nothing
-    of the columns kept, and the batched matmul runs 2-3x faster (measured, CPU)."""
-    d = x.shape[-1]
-    return F.pad(x, (0, BMM_PAD - d)) if d < BMM_PAD else x
-
-
 def _narrow_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for a narrow ``b`` (N, K, d), through ``_widen``."""
-    d = b.shape[-1]
-    return torch.bmm(a, _widen(b))[..., :d] if d < BMM_PAD else torch.bmm(a, b)
+    """``a @ b`` for a narrow ``b`` (N, K, d), as ``(bᵀ aᵀ)ᵀ`` unless d is a multiple of
+    ``BMM_ALIGN``: the same products and sums, but the batched matmul then writes
+    Tq-wide rows instead of d-wide ones. One thread, N = 64, Tq = 64, Tk = 68, the
+    four such products of a step: 607 → 241 µs at d = 4, 604 → 348 at d = 8,
+    1,414 → 855 at d = 23; 514 → 553 at d = 16, which is why multiples keep the
+    plain form (it replaces padding d to 16 columns, which left d = 17-31 slow).
+    The result is a transposed view (``reshape`` copies it where needed)."""
+    if b.shape[-1] % BMM_ALIGN == 0:
+        return torch.bmm(a, b)
+    return torch.bmm(b.mT, a.mT).mT
 
 
 class BmmAttention(torch.autograd.Function):
@@ -269,7 +292,8 @@ def attention(
     """
     name = resolve_backend(backend, q.device, q.shape[-1], k.shape[-2])
     if backend == "auto" and name == "bmm" and not full:
-        name = "sdpa"  # bmm's rows time unmasked queries; masked, it measured 0.9-1.3x sdpa
+        name = "sdpa"  # bmm's rows time unmasked queries (masked: no rows yet; 0.53-1.21x sdpa
+        # at 68-84 tokens in the run the rows come from, benchmarks/attention_cpu.py)
     if full and name != "flex":
         return _IMPLS[name](q, k, v, None, scale_ids)
     if mask is None and name != "flex":
