@@ -138,8 +138,9 @@ class LrRule(Strict):
 
 
 class Budget(Strict):
-    """The training budget: every field but ``lr_rule`` is the TrialConfig field of
-    that name (the rule sets each trial's ``lr`` from its width: ``lr_at``).
+    """The training budget: every field but ``lr_rule`` and ``rungs`` is the TrialConfig
+    field of that name (the rule sets each trial's ``lr`` from its width: ``lr_at``; the
+    rungs are where the driver pauses each trial, ``orchestrator.rungs``).
 
     ``steps`` may list several budgets (``[400, 1600, 6400]``): each is its own
     cell (study), so results at different budgets never mix in one frontier.

@@ -19,8 +19,10 @@ FIELDS = {f.name for f in fields(TrialConfig)}
 
 
 def test_spec_sections_default_to_trial_config():
-    # lr_rule is the spec's way to set each trial's lr from its width (Budget.lr_at)
-    for section, skip in ((Budget, {"lr_rule"}), (Cells, {"models", "targets", "lipschitz"})):
+    # lr_rule is the spec's way to set each trial's lr from its width (Budget.lr_at);
+    # rungs are where the driver pauses trials (orchestrator.rungs), not a trial setting
+    for section, skip in ((Budget, {"lr_rule", "rungs"}),
+                          (Cells, {"models", "targets", "lipschitz"})):
         for name, info in section.model_fields.items():
             if name in skip:
                 continue
