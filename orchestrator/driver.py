@@ -340,6 +340,9 @@ class Driver:
             interrupted, ended = True, "interrupted"
             if self.recorder.lease is not None and self.recorder.lease_lost() is None:
                 self._cancel_inflight()  # the sweep is ours to settle
+        except BaseException:  # a resume settles the store; no task trains on meanwhile
+            self._stop_tasks()
+            raise
         finally:
             self._disarm()
             try:  # an error other than Ctrl-C leaves the status as it was: a resume settles it
@@ -692,17 +695,29 @@ class Driver:
     def _cancel_inflight(self) -> None:
         """Ctrl-C: cancel running tasks, then settle every RUNNING trial as a resume would
         (including one asked for but not yet sent when the interrupt came)."""
-        for ref in list(self._inflight) + list(self._checks_inflight):
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - best effort, the task may have finished
-                pass
+        self._stop_tasks()
         self._inflight.clear()
         self._checks_inflight.clear()
         self._pending, self._outgoing, self._resumes = [], [], []
         self._fidelity.clear()
         self._recover()
         self.recorder.kill_open_trials("the sweep was interrupted; the trial runs again on resume")
+
+    def _stop_tasks(self, settle_s: float = 5.0) -> None:
+        """Cancel every task this driver sent that may still run (best effort), those
+        sent at preflight included, and give Ray ``settle_s`` to settle them: a task
+        still pending when the process exits made Ray's core print "Failed to push
+        error to driver" under a refused run's one-line error."""
+        refs = [*self._inflight, *self._checks_inflight, *self._warming,
+                *self._references.values()]
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort, the task may have finished
+                pass
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=settle_s)
+        self._warming, self._references = [], {}
 
     def _emit(self) -> None:
         done = sum(c.done for c in self.cells)

@@ -188,3 +188,28 @@ def test_diverging_trials_are_failed_with_reason_and_sweep_goes_on(tmp_path, ray
     assert {t.state for t in study.trials} == {TrialState.FAIL}
     assert all(not p.reached for p in store.frontier(cells["linear"].id))
 
+
+
+def test_a_driver_error_after_a_task_was_sent_cancels_it(tmp_path, ray_local, monkeypatch):
+    """An error other than Ctrl-C (here MLflow failing to make the trial's run, right after
+    its task went out) ends the driver; the task it sent must not train on for nobody."""
+    import ray
+
+    from varbench.orchestrator.driver import Driver
+    from varbench.orchestrator.recorder import Recorder
+
+    spec = load_spec(tiny_spec(tmp_path, name="orphan", budget={"steps": 3000, "eval_every": 500,
+                                                                "n_eval": 64}))
+    driver = Driver(spec, resolve_settings(workdir=str(tmp_path / "work")))
+    sent = []
+
+    def broken(self, *args, **kw):
+        sent.extend(driver._inflight)
+        raise RuntimeError("tracking store went away")
+
+    monkeypatch.setattr(Recorder, "start_trial", broken)
+    with pytest.raises(RuntimeError, match="went away"):
+        driver.run()
+    assert sent
+    with pytest.raises(ray.exceptions.RayError):  # cancelled, not a result minutes later
+        ray.get(sent[0], timeout=60)
