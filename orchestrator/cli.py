@@ -415,9 +415,11 @@ def _print_frontier(rows: list[dict]) -> None:
                               interval_text(r["n_star_ci"], "n.r."), str(r["trial"]),
                               _fmt(r["err_ucb"]), extra)
             else:
+                # censored: the best err_ucb any trial reached, and up to which N it tried
+                # (in the err_ucb column, so the row fits 80 columns)
                 table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", "n.r.",
-                              interval_text(r["n_star_ci"], "n.r."), "-", "-",
-                              f"best {_fmt(r['best_err'])}, N ≤ {r['max_n_tried'] or 0:,}")
+                              interval_text(r["n_star_ci"], "n.r."), "-", _fmt(r["best_err"]),
+                              f"best of N ≤ {r['max_n_tried'] or 0:,}")
         _console().print(table)
 
 
