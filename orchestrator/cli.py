@@ -419,7 +419,8 @@ def _print_frontier(rows: list[dict]) -> None:
                 # (in the err_ucb column, so the row fits 80 columns)
                 table.add_row(f"{r['lipschitz']:g}", f"{r['eps']:g}", "n.r.",
                               interval_text(r["n_star_ci"], "n.r."), "-", _fmt(r["best_err"]),
-                              f"best of N ≤ {r['max_n_tried'] or 0:,}")
+                              f"best of N ≤ {r['max_n_tried']:,}" if r["max_n_tried"]
+                              else "no trial completed")
         _console().print(table)
 
 

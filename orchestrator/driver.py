@@ -382,8 +382,10 @@ class Driver:
             return []
         touched = {id(c) for c, _, _, new in done if new}
         for cell in {id(c): c for c, *_ in paused}.values():
-            if id(cell) in touched:
-                self._refresh_frontier(cell)
+            if id(cell) in touched:  # read only: the loop stores and publishes it after _fill
+                cell.points = self.recorder.current_frontier(cell.cell_id, self.spec.eps)
+                for key, (cid, _) in cell.settings.items():
+                    cell.setting_points[key] = self.recorder.current_frontier(cid, self.spec.eps)
         out = []
         for cell, trial, cfg, result, blob, fid in paused:
             bar = self._with_bar(cell, TrialConfig.from_dict(cfg)).bar
@@ -716,7 +718,10 @@ class Driver:
             except Exception:  # noqa: BLE001 - best effort, the task may have finished
                 pass
         if refs:
-            ray.wait(refs, num_returns=len(refs), timeout=settle_s)
+            try:
+                ray.wait(refs, num_returns=len(refs), timeout=settle_s)
+            except Exception:  # noqa: BLE001 - Ray itself may be what failed: keep that error
+                pass
         self._warming, self._references = [], {}
 
     def _emit(self) -> None:

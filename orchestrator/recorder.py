@@ -398,10 +398,14 @@ class Recorder:
                     for v in verdicts if v.get("continued_err_ucb") is not None]
         self.tracker.log(parent, metrics=metrics, tags=tags)
 
+    def current_frontier(self, cell_id: int, eps: list[float]) -> list[FrontierPoint]:
+        """The cell's frontier from its recorded trials, neither stored nor published."""
+        return frontier(self.store.trial_points(cell_id), eps)
+
     def refresh_frontier(self, cell_id: int, eps: list[float]) -> list[FrontierPoint]:
         """The cell's frontier in the store and, when it moved, on its parent run:
         ``nstar.eps_<ε>`` metrics (step = completed trials) and the frontier table."""
-        points = frontier(self.store.trial_points(cell_id), eps)
+        points = self.current_frontier(cell_id, eps)
         self.store.replace_frontier(cell_id, points)
         if cell_id in self._cells and self._last_front.get(cell_id) != points:
             self._last_front[cell_id] = points

@@ -18,22 +18,11 @@ return.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from varbench.workers.stopping import out_of_reach
+from varbench.workers.stopping import out_of_reach, rung_steps
 
-
-def rung_steps(fractions: list[float], steps: int, eval_every: int) -> list[int]:
-    """The steps a trial of ``steps`` pauses at: each fraction rounded up to a monitor
-    evaluation (the rung judges the monitor error the pause ends on), dropping those
-    that fall on or past the end."""
-    out: list[int] = []
-    for f in fractions:
-        s = math.ceil(f * steps / eval_every) * eval_every
-        if 0 < s < steps and s not in out:
-            out.append(s)
-    return out
+__all__ = ["Fidelity", "rung_steps"]
 
 
 @dataclass
@@ -42,6 +31,7 @@ class Fidelity:
 
     stops: list[int]  # pause steps still ahead
     seconds: float = 0.0  # compute of the segments run so far
+    compile_s: float = 0.0  # their compile time (a compiled step recompiles per segment)
     passed: list[dict] = field(default_factory=list)  # {step, monitor_err, bar, verdict}
 
     def judge(self, result: dict, bar: float | None, steps: int) -> str | None:
@@ -50,6 +40,7 @@ class Fidelity:
         step, err = int(result["steps_run"]), result.get("monitor_err")
         self.stops = [s for s in self.stops if s > step]
         self.seconds += float(result.get("seconds") or 0.0)
+        self.compile_s += float(result.get("compile_seconds") or 0.0)
         why = None if err is None else out_of_reach(float(err), bar, step, steps)
         self.passed.append({"step": step, "monitor_err": err, "bar": bar,
                             "verdict": "pruned" if why else "continued"})
@@ -59,9 +50,11 @@ class Fidelity:
         """The record of a trial pruned at the rung ``result`` paused at."""
         return {**result, "status": "pruned", "reason": why, "paused": False,
                 "pruned_at": result["steps_run"], "seconds": self.seconds,
-                "rungs": list(self.passed)}
+                "compile_seconds": self.compile_s, "rungs": list(self.passed)}
 
     def finish(self, result: dict) -> dict:
-        """A continued trial's final result, with its rungs and every segment's compute."""
+        """A continued trial's final result, with its rungs and every segment's compute
+        and compile time (``sec_per_step`` stays the last segment's)."""
         segment = float(result.get("seconds") or 0.0)
-        return {**result, "seconds": self.seconds + segment, "rungs": list(self.passed)}
+        return {**result, "seconds": self.seconds + segment, "rungs": list(self.passed),
+                "compile_seconds": self.compile_s + float(result.get("compile_seconds") or 0.0)}

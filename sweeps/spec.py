@@ -46,7 +46,7 @@ from varbench.sweeps.fields import (
 )
 from varbench.sweeps.redact import mask_url
 from varbench.workers.errors import UserError
-from varbench.workers.stopping import START
+from varbench.workers.stopping import START, rung_steps
 
 SAMPLERS = ("frontier", "tpe", "nsga2", "gp", "random", "grid")
 
@@ -176,9 +176,20 @@ class Budget(Strict):
         return v
 
     @model_validator(mode="after")
-    def _rungs_prune(self):
-        if self.rungs and not self.prune:
+    def _rungs_apply(self):
+        if not self.rungs:
+            return self
+        if not self.prune:
             raise ValueError("rungs need prune: true (a rung stops a trial by the stopping rule)")
+        if self.replicas > 1:
+            raise ValueError("rungs need replicas: 1 (seed replicas train as one population, "
+                             "which does not pause)")
+        for steps in self.step_list:  # each rung a pause of its own, before the end
+            if len(rung_steps(self.rungs, steps, self.eval_every)) < len(self.rungs):
+                raise ValueError(
+                    f"rungs {self.rungs} at {steps} steps, rounded up to the monitor "
+                    f"evaluations every {self.eval_every} steps, fall on the end or on one "
+                    f"another: pause at {rung_steps(self.rungs, steps, self.eval_every)}")
         return self
 
     @field_validator("steps", mode="before")

@@ -42,6 +42,10 @@ def test_a_rung_prunes_only_what_the_stopping_rule_would():
     rec = fid.pruned(late, why)
     assert rec["status"] == "pruned" and not rec["paused"] and rec["pruned_at"] == 200
     assert rec["seconds"] == pytest.approx(0.55)  # every segment's compute
+    again = Fidelity(stops=[100])
+    again.judge({**paused, "compile_seconds": 2.0}, bar=0.04, steps=400)
+    final = again.finish({"status": "completed", "seconds": 1.0, "compile_seconds": 1.5})
+    assert final["seconds"] == pytest.approx(1.3) and final["compile_seconds"] == 3.5
     assert [r["verdict"] for r in rec["rungs"]] == ["continued", "pruned"]
     assert Fidelity(stops=[100]).judge(paused, bar=None, steps=400) is None  # no bar yet
 
@@ -51,6 +55,9 @@ def test_a_rung_prunes_only_what_the_stopping_rule_would():
     ({"prune": True, "rungs": [0.5, 0.25]}, "must increase"),
     ({"prune": True, "rungs": [1.0]}, "in [0.25, 1)"),
     ({"rungs": [0.5]}, "need prune: true"),
+    ({"prune": True, "rungs": [0.5], "replicas": 2}, "need replicas: 1"),
+    ({"prune": True, "rungs": [0.75]}, "fall on the end or on one another"),  # 22.5 -> 30 of 30
+    ({"prune": True, "rungs": [0.5, 0.6]}, "pause at [20]"),  # 15 and 18 -> 20 both
 ])
 def test_bad_rungs_are_one_line_naming_the_field(budget, words):
     d = yaml.safe_load(TINY.read_text())

@@ -24,6 +24,7 @@ on, which is how the rate of wrong prunes is measured (benchmarks/).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 START = 0.25
@@ -40,6 +41,19 @@ def improvement_bound(frac: float) -> float:
             t = (max(frac, f0) - f0) / (f1 - f0)
             return g0 + t * (g1 - g0)
     return 1.0
+
+
+def rung_steps(fractions: list[float], steps: int, eval_every: int) -> list[int]:
+    """The steps a trial of ``steps`` pauses at for a multi-fidelity rung
+    (``orchestrator.rungs``): each fraction rounded up to a monitor evaluation (the
+    rung judges the monitor error the pause ends on), dropping those that fall on or
+    past the end or on an earlier rung (the spec refuses such fractions)."""
+    out: list[int] = []
+    for f in fractions:
+        s = math.ceil(f * steps / eval_every) * eval_every
+        if 0 < s < steps and s not in out:
+            out.append(s)
+    return out
 
 
 def out_of_reach(err: float, bar: float | None, step: int, steps: int) -> str | None:
