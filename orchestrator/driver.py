@@ -340,6 +340,8 @@ class Driver:
             interrupted, ended = True, "interrupted"
             if self.recorder.lease is not None and self.recorder.lease_lost() is None:
                 self._cancel_inflight()  # the sweep is ours to settle
+            else:  # not ours (before the lease, or lost): stop what we sent, touch nothing
+                self._stop_tasks()
         except BaseException:  # a resume settles the store; no task trains on meanwhile
             self._stop_tasks()
             raise
