@@ -39,7 +39,7 @@ import ray
 from varbench.orchestrator import cluster
 from varbench.orchestrator.errors import RunFailed
 from varbench.orchestrator.recorder import Recorder
-from varbench.orchestrator.rungs import Fidelity, rung_steps
+from varbench.orchestrator.rungs import Fidelity
 from varbench.orchestrator.settings import Settings
 from varbench.orchestrator.store import trial_point
 from varbench.orchestrator.studies import Studies, study_name
@@ -58,6 +58,7 @@ from varbench.workers.remote import (
     trial_task,
     warm_task,
 )
+from varbench.workers.stopping import rung_steps
 from varbench.workers.training import param_count
 
 log = logging.getLogger("varbench.driver")

@@ -12,17 +12,16 @@ continued from its checkpoint (a file under the work directory, never in the
 SQL store) before any new trial is handed out; one that does not is recorded
 as ``pruned`` at the rung.
 
-Only the driver keeps this state; the workers train between two steps and
-return.
+Only the driver keeps this state (the result's ``rungs``: step, monitor error,
+bar, verdict); the workers train between two steps and return. Where a trial
+pauses is ``workers.stopping.rung_steps``, which the spec checks too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from varbench.workers.stopping import out_of_reach, rung_steps
-
-__all__ = ["Fidelity", "rung_steps"]
+from varbench.workers.stopping import out_of_reach
 
 
 @dataclass

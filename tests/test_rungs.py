@@ -12,13 +12,14 @@ import yaml
 from tests.conftest import TINY, tiny_spec
 from tests.test_sweep_e2e import check_sweep
 from varbench.orchestrator.driver import Cell, Driver, run_sweep
-from varbench.orchestrator.rungs import Fidelity, rung_steps
+from varbench.orchestrator.rungs import Fidelity
 from varbench.orchestrator.settings import resolve_settings
 from varbench.orchestrator.store import ResultsView
 from varbench.orchestrator.tracking import Tracker
 from varbench.sweeps.frontier import TrialPoint, frontier
 from varbench.sweeps.spec import SpecError, load_spec, parse_spec
 from varbench.workers.config import TrialConfig
+from varbench.workers.stopping import rung_steps
 from varbench.workers.training import train_one
 
 

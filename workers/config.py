@@ -210,8 +210,6 @@ class TrialResult:
     # stopped at ``train_one(pause_at=)``, state in ``checkpoint``: not a final result (the
     # driver judges it at a rung by ``monitor_err`` and continues or prunes it)
     paused: bool = False
-    # multi-fidelity: each rung the trial passed, {step, monitor_err, bar, verdict}
-    rungs: list[dict] = field(default_factory=list)
     # learning curves, one per replica (``Curve.to_dict``): the trial's own first
     curves: list[dict] = field(default_factory=list)
     # FlowAR: the trained model at each of cfg.flow_evals, each {flow_steps, flow_solver,
