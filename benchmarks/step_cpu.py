@@ -7,9 +7,11 @@ first variant are printed. Variants:
 
 - ``sdpa, loop AdamW``: the fused CPU attention kernel and PyTorch's
   per-parameter AdamW loop (what the CPU ran before ``fused`` AdamW);
-- ``sdpa, fused AdamW``;
-- ``auto, fused AdamW``: what a trial runs now (``auto`` picks ``bmm`` for
-  heads up to 12 at these shapes, ``models/attention.py``).
+- ``auto, autograd``: fused AdamW, the attention ``auto`` picks
+  (``models/attention.py``), the model's forward under autograd (what a
+  trial ran before ``models/fused.py``);
+- ``auto, by hand``: what a trial runs now: the theorem-form model's loss and
+  gradients by ``models.fused.VARLoss``.
 
     .venv/bin/python -m benchmarks.step_cpu [--rounds 3] [--steps 300]
 """
@@ -22,12 +24,14 @@ from contextlib import contextmanager
 
 import torch
 
+from varbench.models import fused as fused_mod
 from varbench.workers import training
 from varbench.workers.config import TrialConfig
 
-SHAPES = ((4, 2), (8, 3), (12, 3), (16, 2), (32, 3))  # (width, K)
-VARIANTS = (("sdpa, loop AdamW", "sdpa", False), ("sdpa, fused AdamW", "sdpa", True),
-            ("auto, fused AdamW", "auto", True))
+SHAPES = ((4, 2), (6, 2), (8, 3), (11, 2), (16, 3), (23, 2), (32, 3))  # (width, K)
+# (name, attention backend, fused AdamW, loss by hand)
+VARIANTS = (("sdpa, loop AdamW", "sdpa", False, False), ("auto, autograd", "auto", True, False),
+            ("auto, by hand", "auto", True, True))
 
 
 @contextmanager
@@ -46,6 +50,18 @@ def adamw_fused(on: bool):
         torch.optim.AdamW = real
 
 
+@contextmanager
+def by_hand(on: bool):
+    """Turn ``models.fused`` off (``on=False``): the model's forward under autograd."""
+    real = fused_mod.fuses
+    if not on:
+        fused_mod.fuses = lambda cfg, x: False
+    try:
+        yield
+    finally:
+        fused_mod.fuses = real
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -55,20 +71,21 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[tuple, list[float]] = {}
     for _ in range(args.rounds):
         for w, k in SHAPES:
-            for name, backend, fused in VARIANTS:
+            for name, backend, fused, hand in VARIANTS:
                 cfg = TrialConfig(target="mlp", lipschitz=2.0, width=w, scales=k,
                                   interp="bicubic", steps=args.steps, eval_every=50, lr=0.02,
                                   warmup=30, n_eval=1024, eps=(1e-3,), backend=backend)
-                with adamw_fused(fused):
+                with adamw_fused(fused), by_hand(hand):
                     res = training.train_one(cfg)
                 times.setdefault((w, k, name), []).append(res.sec_per_step * 1e3)
     print(f"torch {torch.__version__}, one thread, {args.steps} steps, median of {args.rounds}")
-    print("| width | K | " + " | ".join(n for n, _, _ in VARIANTS) + " | last / first |")
-    print("|---|---|" + "---|" * (len(VARIANTS) + 1))
+    print("| width | K | " + " | ".join(v[0] for v in VARIANTS)
+          + " | first / last | autograd / by hand |")
+    print("|---|---|" + "---|" * (len(VARIANTS) + 2))
     for w, k in SHAPES:
-        ms = [statistics.median(times[(w, k, n)]) for n, _, _ in VARIANTS]
+        ms = [statistics.median(times[(w, k, v[0])]) for v in VARIANTS]
         print(f"| {w} | {k} | " + " | ".join(f"{m:.2f} ms" for m in ms)
-              + f" | {ms[-1] / ms[0]:.2f} |")
+              + f" | {ms[0] / ms[-1]:.2f}x | {ms[-2] / ms[-1]:.2f}x |")
 
 
 if __name__ == "__main__":

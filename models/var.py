@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from varbench.models import fused
 from varbench.models.attention import attention, block_causal_mask, resolve_backend
 from varbench.models.config import VARConfig
 from varbench.models.interp import interp_matrix
@@ -222,7 +223,12 @@ class VAR(nn.Module):
         return y.reshape(x.shape[0], self.cfg.channels, s, s)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """MSE on fresh inputs: the square of err_2, no generalisation gap."""
+        """MSE on fresh inputs: the square of err_2, no generalisation gap.
+
+        The theorem's model on the CPU computes it by ``models.fused.VARLoss``
+        (the same loss and gradients in fewer, larger operations)."""
+        if fused.fuses(self.cfg, x):
+            return fused.var_loss(self, x, y)
         return F.mse_loss(self(x), y)
 
     def num_params(self) -> int:
