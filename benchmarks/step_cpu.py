@@ -5,13 +5,15 @@ shapes, 300 steps), alternated round by round so the machine's drift falls on
 every variant alike; the median per (width, K, variant) and the ratio to the
 first variant are printed. Variants:
 
-- ``sdpa, loop AdamW``: the fused CPU attention kernel and PyTorch's
-  per-parameter AdamW loop (what the CPU ran before ``fused`` AdamW);
-- ``auto, autograd``: fused AdamW, the attention ``auto`` picks
-  (``models/attention.py``), the model's forward under autograd (what a
-  trial ran before ``models/fused.py``);
-- ``auto, by hand``: what a trial runs now: the theorem-form model's loss and
-  gradients by ``models.fused.VARLoss``.
+- ``sdpa, loop AdamW``: the fused CPU attention kernel, the model under
+  autograd and ``torch.optim``'s per-parameter AdamW loop (the first CPU recipe);
+- ``auto, autograd``: the attention ``auto`` picks (``models/attention.py``),
+  the model under autograd, ``torch.optim.AdamW(fused=True)`` (what a trial
+  ran before 2026-11-28's fifth session);
+- ``auto, by hand``: the theorem-form model's loss and gradients by
+  ``models.fused.VARLoss``, still ``torch.optim.AdamW(fused=True)``;
+- ``by hand, direct AdamW``: what a trial runs now: also the fused AdamW kernel
+  called directly (``workers.optim.FusedAdamW``).
 
     .venv/bin/python -m benchmarks.step_cpu [--rounds 3] [--steps 300]
 """
@@ -29,25 +31,28 @@ from varbench.workers import training
 from varbench.workers.config import TrialConfig
 
 SHAPES = ((4, 2), (6, 2), (8, 3), (11, 2), (16, 3), (23, 2), (32, 3))  # (width, K)
-# (name, attention backend, fused AdamW, loss by hand)
-VARIANTS = (("sdpa, loop AdamW", "sdpa", False, False), ("auto, autograd", "auto", True, False),
-            ("auto, by hand", "auto", True, True))
+# (name, attention backend, AdamW: "loop" | "optim" (torch.optim, fused) | "direct", by hand)
+VARIANTS = (("sdpa, loop AdamW", "sdpa", "loop", False), ("auto, autograd", "auto", "optim", False),
+            ("auto, by hand", "auto", "optim", True),
+            ("by hand, direct AdamW", "auto", "direct", True))
 
 
 @contextmanager
-def adamw_fused(on: bool):
-    """Force AdamW's ``fused`` flag inside ``train_one`` (the 'before' recipe)."""
-    real = torch.optim.AdamW
+def adamw(kind: str):
+    """Which AdamW ``train_one`` builds (``workers.training.optimizer``)."""
+    real = training.optimizer
 
-    def make(params, **kw):
-        kw["fused"] = on
-        return real(params, **kw)
+    def make(model, lr, weight_decay, *, eager_cpu, fused):
+        if kind == "direct":
+            return real(model, lr, weight_decay, eager_cpu=eager_cpu, fused=fused)
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                                 fused=kind == "optim")
 
-    torch.optim.AdamW = make
+    training.optimizer = make
     try:
         yield
     finally:
-        torch.optim.AdamW = real
+        training.optimizer = real
 
 
 @contextmanager
@@ -71,21 +76,21 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[tuple, list[float]] = {}
     for _ in range(args.rounds):
         for w, k in SHAPES:
-            for name, backend, fused, hand in VARIANTS:
+            for name, backend, opt, hand in VARIANTS:
                 cfg = TrialConfig(target="mlp", lipschitz=2.0, width=w, scales=k,
                                   interp="bicubic", steps=args.steps, eval_every=50, lr=0.02,
                                   warmup=30, n_eval=1024, eps=(1e-3,), backend=backend)
-                with adamw_fused(fused), by_hand(hand):
+                with adamw(opt), by_hand(hand):
                     res = training.train_one(cfg)
                 times.setdefault((w, k, name), []).append(res.sec_per_step * 1e3)
     print(f"torch {torch.__version__}, one thread, {args.steps} steps, median of {args.rounds}")
     print("| width | K | " + " | ".join(v[0] for v in VARIANTS)
-          + " | first / last | autograd / by hand |")
+          + " | first / last | autograd / last |")
     print("|---|---|" + "---|" * (len(VARIANTS) + 2))
     for w, k in SHAPES:
         ms = [statistics.median(times[(w, k, v[0])]) for v in VARIANTS]
         print(f"| {w} | {k} | " + " | ".join(f"{m:.2f} ms" for m in ms)
-              + f" | {ms[0] / ms[-1]:.2f}x | {ms[-2] / ms[-1]:.2f}x |")
+              + f" | {ms[0] / ms[-1]:.2f}x | {ms[1] / ms[-1]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ arithmetic, so it agrees with autograd to float rounding
 
 It applies where the model is the theorem's (``fuses``): one block, one head,
 no LayerNorm, on the CPU, attention ``auto`` or ``bmm``, with gradients on and
-no ``torch.func`` transform; everything else (a GPU, which runs compiled
-steps; an explicit attention backend, which a user asks for to time it)
-keeps the module's own forward under autograd. Only the last scale's queries
+no ``torch.func`` transform and not inside ``torch.compile``; everything else
+(a GPU, a compiled step, which Inductor fuses itself; an explicit attention
+backend, which a user asks for to time it) keeps the module's own forward
+under autograd. Only the last scale's queries
 are read, and they see every key, so no mask is needed.
 """
 
@@ -36,6 +37,7 @@ def fuses(cfg, x: torch.Tensor) -> bool:
     return (cfg.depth == 1 and cfg.heads == 1 and not cfg.layernorm
             and cfg.backend in FUSED_BACKENDS and x.device.type == "cpu"
             and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()  # a compiled step fuses the module itself
             and not torch._C._functorch.is_functorch_wrapped_tensor(x))
 
 

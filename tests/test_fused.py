@@ -128,3 +128,17 @@ def test_the_target_is_unchanged():
     model = _model(cfg)
     torch.testing.assert_close(model.training_loss(x, t(x)), F.mse_loss(model(x), t(x)),
                                rtol=1e-5, atol=1e-7)
+
+
+def test_not_inside_torch_compile():
+    """A compiled step traces the module (Inductor fuses it), never VARLoss."""
+    cfg = VARConfig(width=8, scales=2)
+    x, _ = _batch(cfg)
+    seen = []
+
+    def probe(t):
+        seen.append(fused.fuses(cfg, t))
+        return t + 1
+
+    torch.compile(probe, backend="eager", fullgraph=True)(x)
+    assert seen == [False]

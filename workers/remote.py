@@ -40,12 +40,14 @@ def _maybe_die(key: str) -> None:
 @ray.remote
 def warm_task() -> float:
     """Pay a fresh worker's one-time costs while the driver is still setting up:
-    unpickling this task imported torch and our modules, and the first optimizer
-    imports TorchDynamo (``torch.optim`` wraps ``add_param_group`` in its
-    disable decorator), 1-1.5 s on a 2-core machine. Returns the seconds taken
-    past the imports."""
+    unpickling this task imported torch and our modules. Where a GPU is visible the
+    trials use ``torch.optim.AdamW``, whose first construction imports TorchDynamo
+    (``torch.optim`` wraps ``add_param_group`` in its disable decorator), 0.9-1.5 s:
+    that is paid here too. A CPU trial never imports it (``workers.optim``).
+    Returns the seconds taken past the imports."""
     t = time.perf_counter()
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    if torch.cuda.is_available():
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     return time.perf_counter() - t
 
 

@@ -37,6 +37,7 @@ from varbench.workers.config import (
     parse_flow_eval,
 )
 from varbench.workers.engine import compiled, matmul_precision, resolve_step_mode
+from varbench.workers.optim import FusedAdamW
 from varbench.workers.stopping import StopRule
 
 # Disjoint random streams per trial seed: training, monitoring, final eval.
@@ -143,7 +144,17 @@ def finish(result: TrialResult, predict: Callable[[torch.Tensor], torch.Tensor],
     return result
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+def optimizer(model: nn.Module, lr: float | torch.Tensor, weight_decay: float, *,
+              eager_cpu: bool, fused: bool):
+    """The trial's AdamW: the fused kernel called directly for an eager CPU step
+    (``workers.optim``: the same update, without torch.optim's per-step overhead or
+    its TorchDynamo import), ``torch.optim.AdamW`` elsewhere."""
+    if eager_cpu:
+        return FusedAdamW(model.parameters(), lr=float(lr), weight_decay=weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def set_lr(opt, lr: float) -> None:
     """The schedule's learning rate for the next update. A tensor lr (compiled steps)
     is filled in place, so the compiled optimizer sees no new constant."""
     for group in opt.param_groups:
@@ -153,7 +164,7 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor,
                grad_clip: float) -> torch.Tensor:
     """One update: forward, loss, backward, clipping, optimizer; returns the loss.
 
@@ -205,8 +216,8 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     # alone; a quick trial's whole step is 5-12 ms, benchmarks/step_cpu.py); compiled: the lr is a
     # tensor, so the schedule does not recompile the step
     lr = cfg.lr if mode == "eager" else torch.tensor(cfg.lr, device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
-                            fused=mode == "eager")
+    opt = optimizer(model, lr, cfg.weight_decay, eager_cpu=mode == "eager"
+                    and device.type == "cpu", fused=mode == "eager")
     step_fn = compiled(train_step, mode)
     train_gen = stream(cfg.seed, "train")
     x_mon = monitor_batch(cfg).to(device)

@@ -1,0 +1,96 @@
+"""workers.optim.FusedAdamW: torch.optim.AdamW(fused=True)'s update, bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from varbench.workers.config import TrialConfig
+from varbench.workers.optim import FusedAdamW
+from varbench.workers.training import build, set_lr
+
+
+def _pair(wd: float):
+    torch.manual_seed(0)
+    a = build(TrialConfig(width=6, scales=2), torch.device("cpu"))
+    b = build(TrialConfig(width=6, scales=2), torch.device("cpu"))
+    b.load_state_dict(a.state_dict())
+    return a, b, FusedAdamW(a.parameters(), lr=0.03, weight_decay=wd), \
+        torch.optim.AdamW(b.parameters(), lr=0.03, weight_decay=wd, fused=True)
+
+
+def _grads(model, seed: int, skip: str | None = None):
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        p.grad = None if name == skip else torch.randn(p.shape, generator=g)
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_the_same_update_as_torch_optim_bit_for_bit(wd):
+    a, b, opt_a, opt_b = _pair(wd)
+    for step in range(12):
+        # a parameter without a gradient is skipped, as torch.optim skips it
+        skip = "gain" if step < 3 else None
+        _grads(a, step, skip)
+        _grads(b, step, skip)
+        lr = 0.03 * (1 - step / 12)
+        set_lr(opt_a, lr)
+        set_lr(opt_b, lr)
+        opt_a.step()
+        opt_b.step()
+        opt_a.zero_grad(set_to_none=True)
+        opt_b.zero_grad(set_to_none=True)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+        assert pa.grad is None
+
+
+def test_state_dicts_interchange_with_torch_optim():
+    """A checkpoint of either loads into the other and both go on alike."""
+    a, b, opt_a, opt_b = _pair(0.0)
+    for step in range(3):
+        _grads(a, step)
+        _grads(b, step)
+        opt_a.step()
+        opt_b.step()
+    mine, theirs = opt_a.state_dict(), opt_b.state_dict()
+    assert mine["param_groups"][0].keys() == theirs["param_groups"][0].keys()
+    assert mine["state"].keys() == theirs["state"].keys()
+    for i in mine["state"]:
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(mine["state"][i][k], theirs["state"][i][k]), (i, k)
+    # swap: each continues from the other's state
+    opt_a.load_state_dict(theirs)
+    opt_b.load_state_dict(mine)
+    _grads(a, 9)
+    _grads(b, 9)
+    opt_a.step()
+    opt_b.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_refuses_a_state_of_another_model():
+    a, _, opt_a, _ = _pair(0.0)
+    other = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], fused=True)
+    with pytest.raises(ValueError, match="does not match"):
+        opt_a.load_state_dict(other.state_dict())
+
+
+def test_a_cpu_trial_never_imports_torchdynamo():
+    """The point of calling the kernel directly: a fresh worker's first CPU trial
+    does not pay the 0.9 s import (the warm-up task no longer pays it either)."""
+    code = ("import sys, torch; torch.set_num_threads(1)\n"
+            "from varbench.workers.config import TrialConfig\n"
+            "from varbench.workers.trial import run_trial\n"
+            "r = run_trial(TrialConfig(width=4, scales=2, steps=20, eval_every=10, warmup=2,"
+            " n_eval=64, batch_size=8, eps=(1e-3,)))\n"
+            "assert r.status == 'completed', r.reason\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
