@@ -7,7 +7,11 @@ before any work.
 
 from __future__ import annotations
 
+import inspect
+import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import ray
@@ -49,6 +53,44 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# keep Ray's API server for the embedded cluster (its dashboard head, UsageStatsHead only)
+KEEP_API_SERVER = "VARBENCH_RAY_API_SERVER"
+
+
+@contextmanager
+def _without_api_server() -> Iterator[None]:
+    """Start an embedded cluster without Ray's API server process.
+
+    With ``include_dashboard=False`` Ray still starts its dashboard head, loading
+    only the usage-stats module, and ``ray.init`` polls until it has registered:
+    1.6-1.7 s of a 3.7 s start on a 2-core machine (three alternated starts each,
+    2026-11-28), on every ``varbench run``. Nothing of varbench, nor of an
+    embedded cluster's tasks, uses it (no dashboard, Jobs or State API: those are
+    for a real cluster, which ``--address`` joins and this never touches).
+
+    It replaces Ray's private ``Node.start_api_server`` for the one ``ray.init``
+    call, and only where that method has the signature this was written against
+    (Ray 2.60): another Ray, or ``VARBENCH_RAY_API_SERVER=1``, starts Ray as it is.
+    """
+    from ray._private import node
+
+    real = getattr(node.Node, "start_api_server", None)
+    known = real is not None and list(inspect.signature(real).parameters) == [
+        "self", "include_dashboard", "raise_on_failure"]
+    if not known or os.environ.get(KEEP_API_SERVER) == "1":
+        yield
+        return
+
+    def start_no_api_server(self, *, include_dashboard, raise_on_failure):
+        self._webui_url = None  # what a node without a dashboard reports
+
+    node.Node.start_api_server = start_no_api_server
+    try:
+        yield
+    finally:
+        node.Node.start_api_server = real
+
+
 def _node_addresses(address: str, timeout_s: float) -> list[tuple[str, int]]:
     """(advertised address, raylet port) of every live node, asked of the GCS."""
     from ray._raylet import GcsClient
@@ -85,9 +127,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address in (None, "", "local"):
         _loopback_only()
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=False, configure_logging=True, logging_level="ERROR",
-                 _node_ip_address="127.0.0.1")
+        with _without_api_server():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=False, configure_logging=True, logging_level="ERROR",
+                     _node_ip_address="127.0.0.1")
         return
     check_address(address)
     if "://" not in address and address != "auto":
