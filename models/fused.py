@@ -12,8 +12,9 @@ arithmetic, so it agrees with autograd to float rounding
 (tests/test_fused.py).
 
 It applies where the model is the theorem's (``fuses``): one block, one head,
-no LayerNorm, on the CPU, attention ``auto`` or ``bmm``, with gradients on and
-no ``torch.func`` transform and not inside ``torch.compile``; everything else
+no LayerNorm, on the CPU, attention ``auto`` or ``bmm``, with gradients on for
+the parameters alone, no autocast, no ``torch.func`` transform and not inside
+``torch.compile``; everything else
 (a GPU, a compiled step, which Inductor fuses itself; an explicit attention
 backend, which a user asks for to time it) keeps the module's own forward
 under autograd. Only the last scale's queries
@@ -26,19 +27,26 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from varbench.models.attention import _narrow_bmm
 
 FUSED_BACKENDS = ("auto", "bmm")
 
 
-def fuses(cfg, x: torch.Tensor) -> bool:
-    """Whether ``VARLoss`` computes this model's training loss (see the module docstring)."""
+def fuses(cfg, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``VARLoss`` computes this model's training loss for inputs ``x``,
+    targets ``y`` and a parameter of the model (``weight``; see the module
+    docstring). Only parameter gradients are written out, once: inputs or
+    targets that need a gradient, autocast, or a ``torch.func`` transform of the
+    inputs or the parameters keep the module under autograd."""
     return (cfg.depth == 1 and cfg.heads == 1 and not cfg.layernorm
             and cfg.backend in FUSED_BACKENDS and x.device.type == "cpu"
-            and torch.is_grad_enabled()
+            and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()  # a compiled step fuses the module itself
-            and not torch._C._functorch.is_functorch_wrapped_tensor(x))
+            and not x.requires_grad and not y.requires_grad
+            and not any(torch._C._functorch.is_functorch_wrapped_tensor(t)
+                        for t in (x, y, weight)))
 
 
 class VARLoss(torch.autograd.Function):
@@ -85,6 +93,7 @@ class VARLoss(torch.autograd.Function):
         return diff.square().mean()
 
     @staticmethod
+    @once_differentiable  # no graph of the backward: a second derivative raises
     def backward(ctx, dloss):
         (tokens, last, h0, q, k, v, p, o, h1, f, g, h2, diff, ids,
          w_qkv, w_proj, w_fc, w_out, w_read) = ctx.saved_tensors

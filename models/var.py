@@ -227,7 +227,7 @@ class VAR(nn.Module):
 
         The theorem's model on the CPU computes it by ``models.fused.VARLoss``
         (the same loss and gradients in fewer, larger operations)."""
-        if fused.fuses(self.cfg, x):
+        if fused.fuses(self.cfg, x, y, self.gain):
             return fused.var_loss(self, x, y)
         return F.mse_loss(self(x), y)
 

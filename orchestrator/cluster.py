@@ -58,7 +58,7 @@ KEEP_API_SERVER = "VARBENCH_RAY_API_SERVER"
 
 
 @contextmanager
-def _without_api_server() -> Iterator[None]:
+def _without_api_server() -> Iterator[bool]:
     """Start an embedded cluster without Ray's API server process.
 
     With ``include_dashboard=False`` Ray still starts its dashboard head, loading
@@ -71,6 +71,7 @@ def _without_api_server() -> Iterator[None]:
     It replaces Ray's private ``Node.start_api_server`` for the one ``ray.init``
     call, and only where that method has the signature this was written against
     (Ray 2.60): another Ray, or ``VARBENCH_RAY_API_SERVER=1``, starts Ray as it is.
+    Yields whether it replaced it (then ``_no_dashboard_address`` follows the start).
     """
     from ray._private import node
 
@@ -78,7 +79,7 @@ def _without_api_server() -> Iterator[None]:
     known = real is not None and list(inspect.signature(real).parameters) == [
         "self", "include_dashboard", "raise_on_failure"]
     if not known or os.environ.get(KEEP_API_SERVER) == "1":
-        yield
+        yield False
         return
 
     def start_no_api_server(self, *, include_dashboard, raise_on_failure):
@@ -86,9 +87,28 @@ def _without_api_server() -> Iterator[None]:
 
     node.Node.start_api_server = start_no_api_server
     try:
-        yield
+        yield True
     finally:
         node.Node.start_api_server = real
+
+
+# where the embedded cluster's dashboard head is said to be when none runs: port 0, which
+# nothing can listen on (a connection fails at once)
+NO_DASHBOARD = "127.0.0.1:0"
+
+
+def _no_dashboard_address() -> None:
+    """Tell the node's dashboard agent where a dashboard head would be, after a start
+    without one. Its event reporter reads that address before it waits for events,
+    and without it retries once a second forever, logging an error with a traceback
+    each time (12 KB in 12 s of ``dashboard_agent.log``, measured). With an address
+    it waits quietly; an embedded sweep writes no Ray events, and one that did would
+    fail to reach port 0 at once, as it would reach no dashboard anyway."""
+    from ray._private import ray_constants
+
+    ray.experimental.internal_kv._internal_kv_put(
+        ray_constants.DASHBOARD_ADDRESS, NO_DASHBOARD,
+        namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
 
 
 def _node_addresses(address: str, timeout_s: float) -> list[tuple[str, int]]:
@@ -127,10 +147,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address in (None, "", "local"):
         _loopback_only()
-        with _without_api_server():
+        with _without_api_server() as skipped:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=False, configure_logging=True, logging_level="ERROR",
                      _node_ip_address="127.0.0.1")
+        if skipped:
+            _no_dashboard_address()
         return
     check_address(address)
     if "://" not in address and address != "auto":

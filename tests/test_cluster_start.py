@@ -23,6 +23,23 @@ def test_the_embedded_cluster_has_no_api_server_and_runs_tasks(ray_local):
     assert ray_node.Node.start_api_server.__name__ == "start_api_server"
 
 
+def test_the_dashboard_agent_does_not_retry_forever(ray_local):
+    """Without the address its event reporter logs an error with a traceback once a
+    second for as long as the cluster runs; with the placeholder, only its first
+    attempt (before ``ray.init`` returned) can have failed."""
+    import time
+    from pathlib import Path
+
+    ray = ray_local
+    got = ray.experimental.internal_kv._internal_kv_get(
+        ray_constants.DASHBOARD_ADDRESS, namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
+    assert got.decode() == cluster.NO_DASHBOARD
+    log = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "dashboard_agent.log"
+    time.sleep(3)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    assert text.count("Get dashboard http address failed") <= 1
+
+
 def test_replaced_only_for_the_start_and_only_with_the_known_signature(monkeypatch):
     real = ray_node.Node.start_api_server
     with cluster._without_api_server():

@@ -48,7 +48,7 @@ CASES = [
 def test_loss_and_every_gradient_equal_autograd(cfg):
     model = _model(cfg)
     x, y = _batch(cfg)
-    assert fused.fuses(cfg, x)
+    assert fused.fuses(cfg, x, y, model.gain)
     params = list(model.parameters())
     ref = F.mse_loss(model(x), y)  # the module's forward under autograd
     g_ref = torch.autograd.grad(ref, params)
@@ -88,20 +88,72 @@ def test_other_models_keep_autograd(change):
     module's own forward, under autograd."""
     cfg = dataclasses.replace(VARConfig(width=8, scales=2), **change)
     x, y = _batch(cfg)
-    assert not fused.fuses(cfg, x)
-    loss = VAR(cfg).training_loss(x, y)
+    model = VAR(cfg)
+    assert not fused.fuses(cfg, x, y, model.gain)
+    loss = model.training_loss(x, y)
     assert type(loss.grad_fn).__name__ == "MseLossBackward0"
 
 
 def test_not_without_gradients_nor_off_the_cpu_nor_under_vmap():
     cfg = VARConfig(width=8, scales=2)
-    x, _ = _batch(cfg)
+    x, y = _batch(cfg)
+    w = VAR(cfg).gain
+    assert fused.fuses(cfg, x, y, w)
     with torch.no_grad():
-        assert not fused.fuses(cfg, x)
-    assert not fused.fuses(cfg, x.to("meta"))  # any device but the CPU (a GPU compiles)
+        assert not fused.fuses(cfg, x, y, w)
+    assert not fused.fuses(cfg, x.to("meta"), y, w)  # any device but the CPU (a GPU compiles)
     seen = []
-    torch.func.vmap(lambda row: seen.append(fused.fuses(cfg, row)) or row)(x)
+    torch.func.vmap(lambda row: seen.append(fused.fuses(cfg, row, y, w)) or row)(x)
     assert seen == [False]
+
+
+class _Loss(torch.nn.Module):
+    """``training_loss`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, model: VAR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y):
+        return self.model.training_loss(x, y)
+
+
+def test_not_when_the_parameters_are_transformed():
+    """torch.func over the parameters (functional_call) with plain inputs: autograd's
+    forward, whose gradient equals the one by hand."""
+    cfg = VARConfig(width=4, scales=2)
+    model = _model(cfg)
+    x, y = _batch(cfg)
+    wrapped = _Loss(model)
+    params = {k: v.detach() for k, v in wrapped.named_parameters()}
+    g = torch.func.grad(lambda p: torch.func.functional_call(wrapped, p, (x, y)))(params)
+    g_ref = torch.autograd.grad(model.training_loss(x, y), list(model.parameters()))
+    assert list(g) == [f"model.{n}" for n, _ in model.named_parameters()]
+    for (name, a), b in zip(g.items(), g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_not_for_inputs_that_need_a_gradient_nor_under_autocast():
+    cfg = VARConfig(width=8, scales=2)
+    model = _model(cfg)
+    x, y = _batch(cfg)
+    xg = x.clone().requires_grad_(True)
+    assert not fused.fuses(cfg, xg, y, model.gain)
+    (gx,) = torch.autograd.grad(model.training_loss(xg, y), xg)  # the input's gradient too
+    assert gx.abs().sum() > 0
+    assert not fused.fuses(cfg, x, y.clone().requires_grad_(True), model.gain)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.fuses(cfg, x, y, model.gain)
+        model.training_loss(x, y).float().backward()  # runs, under autograd
+
+
+def test_a_second_derivative_raises_instead_of_coming_back_empty():
+    cfg = VARConfig(width=4, scales=2)
+    model = _model(cfg)
+    x, y = _batch(cfg)
+    (g,) = torch.autograd.grad(model.training_loss(x, y), [model.gain], create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g, [model.gain])
 
 
 def test_a_trial_trains_as_under_autograd(monkeypatch):
@@ -111,7 +163,7 @@ def test_a_trial_trains_as_under_autograd(monkeypatch):
                       steps=60, batch_size=32, lr=0.02, warmup=10, eval_every=30,
                       n_eval=256, eps=(1e-3,))
     by_hand = train_one(cfg)
-    monkeypatch.setattr(fused, "fuses", lambda cfg, x: False)
+    monkeypatch.setattr(fused, "fuses", lambda *args: False)
     plain = train_one(cfg)
     a = by_hand.curves[0]["loss"]
     b = plain.curves[0]["loss"]
@@ -137,7 +189,7 @@ def test_not_inside_torch_compile():
     seen = []
 
     def probe(t):
-        seen.append(fused.fuses(cfg, t))
+        seen.append(fused.fuses(cfg, t, t, t))
         return t + 1
 
     torch.compile(probe, backend="eager", fullgraph=True)(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -49,28 +50,49 @@ def test_the_same_update_as_torch_optim_bit_for_bit(wd):
 
 
 def test_state_dicts_interchange_with_torch_optim():
-    """A checkpoint of either loads into the other and both go on alike."""
+    """A checkpoint of either, loaded into a fresh optimizer of the other kind (on a
+    model with that checkpoint's weights), goes on exactly as the original."""
     a, b, opt_a, opt_b = _pair(0.0)
     for step in range(3):
         _grads(a, step)
         _grads(b, step)
         opt_a.step()
         opt_b.step()
-    mine, theirs = opt_a.state_dict(), opt_b.state_dict()
+    # copies, as a checkpoint's bytes are (a state dict holds the live tensors, in both)
+    mine, theirs = copy.deepcopy(opt_a.state_dict()), copy.deepcopy(opt_b.state_dict())
     assert mine["param_groups"][0].keys() == theirs["param_groups"][0].keys()
     assert mine["state"].keys() == theirs["state"].keys()
     for i in mine["state"]:
         for k in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(mine["state"][i][k], theirs["state"][i][k]), (i, k)
-    # swap: each continues from the other's state
-    opt_a.load_state_dict(theirs)
-    opt_b.load_state_dict(mine)
-    _grads(a, 9)
-    _grads(b, 9)
+    # fresh optimizers with a history of their own, then each loads the other's state
+    a2, b2, fresh_a, fresh_b = _pair(0.0)
+    a2.load_state_dict(a.state_dict())
+    b2.load_state_dict(b.state_dict())
+    for opt, model in ((fresh_a, a2), (fresh_b, b2)):
+        _grads(model, 42)
+        opt.step()  # moments and step count now differ from the checkpoint's
+    a2.load_state_dict(a.state_dict())
+    b2.load_state_dict(b.state_dict())
+    fresh_a.load_state_dict(theirs)
+    fresh_b.load_state_dict(mine)
+    for model in (a, b, a2, b2):
+        _grads(model, 9)
+    for opt in (opt_a, opt_b, fresh_a, fresh_b):
+        opt.step()
+    for pa, pb, pa2, pb2 in zip(a.parameters(), b.parameters(), a2.parameters(),
+                                b2.parameters()):
+        assert torch.equal(pa, pb) and torch.equal(pa, pa2) and torch.equal(pa, pb2)
+
+
+def test_refuses_moments_of_another_shape():
+    a, _, opt_a, _ = _pair(0.0)
+    _grads(a, 0)
     opt_a.step()
-    opt_b.step()
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        assert torch.equal(pa, pb)
+    state = opt_a.state_dict()
+    state["state"][0]["exp_avg"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="shape"):
+        opt_a.load_state_dict(state)
 
 
 def test_refuses_a_state_of_another_model():

@@ -84,6 +84,10 @@ class FusedAdamW:
         for i, (key, p) in enumerate(zip(order, self.params)):
             saved = state_dict["state"].get(key)
             if saved is not None:
+                for k in ("exp_avg", "exp_avg_sq"):
+                    if saved[k].shape != p.shape:
+                        raise ValueError(f"optimizer state {k} of parameter {i} has shape "
+                                         f"{tuple(saved[k].shape)}, not {tuple(p.shape)}")
                 self.state[i] = {"step": saved["step"].to(torch.float32).clone(),
                                  "exp_avg": saved["exp_avg"].to(p).clone(),
                                  "exp_avg_sq": saved["exp_avg_sq"].to(p).clone()}
