@@ -144,8 +144,11 @@ def finish(result: TrialResult, predict: Callable[[torch.Tensor], torch.Tensor],
     return result
 
 
+Optimizer = torch.optim.Optimizer | FusedAdamW
+
+
 def optimizer(model: nn.Module, lr: float | torch.Tensor, weight_decay: float, *,
-              eager_cpu: bool, fused: bool):
+              eager_cpu: bool, fused: bool) -> Optimizer:
     """The trial's AdamW: the fused kernel called directly for an eager CPU step
     (``workers.optim``: the same update, without torch.optim's per-step overhead or
     its TorchDynamo import), ``torch.optim.AdamW`` elsewhere."""
@@ -154,7 +157,7 @@ def optimizer(model: nn.Module, lr: float | torch.Tensor, weight_decay: float, *
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
 
 
-def set_lr(opt, lr: float) -> None:
+def set_lr(opt: Optimizer, lr: float) -> None:
     """The schedule's learning rate for the next update. A tensor lr (compiled steps)
     is filled in place, so the compiled optimizer sees no new constant."""
     for group in opt.param_groups:
@@ -164,7 +167,7 @@ def set_lr(opt, lr: float) -> None:
             group["lr"] = lr
 
 
-def train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor,
+def train_step(model: nn.Module, opt: Optimizer, x: torch.Tensor, y: torch.Tensor,
                grad_clip: float) -> torch.Tensor:
     """One update: forward, loss, backward, clipping, optimizer; returns the loss.
 
@@ -213,8 +216,9 @@ def train_one(cfg: TrialConfig, *, resume: bytes | None = None,
     result.step_mode, result.matmul_precision = mode, cfg.matmul_precision
     # eager: one fused kernel for the whole update, on a GPU (launch-bound) and on the CPU
     # (0.08 against 0.42-0.47 ms per step at widths 4-32 for the per-parameter loop, timed
-    # alone; a quick trial's whole step is 5-12 ms, benchmarks/step_cpu.py); compiled: the lr is a
-    # tensor, so the schedule does not recompile the step
+    # alone; a quick trial's whole step is 4-10 ms, benchmarks/step_cpu.py), on the CPU called
+    # directly (workers.optim: 0.03 ms); compiled: the lr is a tensor, so the schedule does
+    # not recompile the step
     lr = cfg.lr if mode == "eager" else torch.tensor(cfg.lr, device=device)
     opt = optimizer(model, lr, cfg.weight_decay, eager_cpu=mode == "eager"
                     and device.type == "cpu", fused=mode == "eager")
