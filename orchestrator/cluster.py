@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -53,43 +54,106 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-# keep Ray's API server for the embedded cluster (its dashboard head, UsageStatsHead only)
+# start the embedded cluster as Ray would, every process included
 KEEP_API_SERVER = "VARBENCH_RAY_API_SERVER"
+
+# what a lean start replaces, with the signature it was written against (Ray 2.60):
+# (owner, attribute, parameters, stand-in); a stand-in takes the same arguments
+_LEAN: tuple = (
+    # the API server: with include_dashboard=False Ray still starts its dashboard head
+    # for one module (usage stats) and ray.init polls until it has registered
+    ("node.Node", "start_api_server", ["self", "include_dashboard", "raise_on_failure"],
+     "_no_api_server"),
+    # the autoscaler's monitor: one node that never scales
+    ("node.Node", "start_monitor", ["self"], "_nothing"),
+    # the log monitor: it forwards workers' output to a driver with log_to_driver, which
+    # connect never sets (task errors come back with their results)
+    ("node.Node", "start_log_monitor", ["self"], "_nothing"),
+    # the node's dashboard agent in its minimal form (as with plain ``pip install ray``):
+    # its HTTP server and modules serve the dashboard, Jobs and State APIs, none of
+    # which an embedded cluster offers
+    ("utils", "get_dashboard_dependency_error", [], "_minimal_agent"),
+    # waiting for the raylet to register: Ray's own wait asks the GCS once a second,
+    # so a raylet that registers just after an ask costs a whole second more (a start
+    # took 1.67 or 2.66 s, its get_node 1.0 or 2.0 s, five starts in a row)
+    ("services", "get_node", ["gcs_address", "node_id"], "_get_node_promptly"),
+)
+
+
+def _no_api_server(self, *, include_dashboard, raise_on_failure):
+    self._webui_url = None  # what a node without a dashboard reports
+
+
+def _nothing(self) -> None:
+    return None
+
+
+def _minimal_agent() -> ImportError:
+    return ImportError("varbench: an embedded cluster's dashboard agent runs minimal")
+
+
+_REAL: dict[str, object] = {}  # what a stand-in calls on: the function it replaced
+
+
+def _get_node_promptly(gcs_address: str, node_id: str):
+    """Ray's ``services.get_node`` once the GCS lists the node alive, asked every
+    20 ms; after 10 s Ray's own wait takes over (and its errors, as they are)."""
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    client, deadline = GcsClient(address=gcs_address), time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            infos = client.get_all_node_info(timeout=2).values()
+        except Exception:  # noqa: BLE001 - Ray raises several types; its own wait decides
+            break
+        if any(i.node_id.hex() == node_id and i.state == GcsNodeInfo.GcsNodeState.ALIVE
+               for i in infos):
+            break
+        time.sleep(0.02)
+    return _REAL["get_node"](gcs_address, node_id)
 
 
 @contextmanager
-def _without_api_server() -> Iterator[bool]:
-    """Start an embedded cluster without Ray's API server process.
+def _lean_start() -> Iterator[bool]:
+    """Start an embedded cluster with only the Ray processes it uses.
 
-    With ``include_dashboard=False`` Ray still starts its dashboard head, loading
-    only the usage-stats module, and ``ray.init`` polls until it has registered:
-    1.6-1.7 s of a 3.7 s start on a 2-core machine (three alternated starts each,
-    2026-11-28), on every ``varbench run``. Nothing of varbench, nor of an
-    embedded cluster's tasks, uses it (no dashboard, Jobs or State API: those are
-    for a real cluster, which ``--address`` joins and this never touches).
+    On a 2-core machine Ray's start is CPU-bound: its Python helpers import Ray
+    side by side with the GCS, the raylet and the first workers (3.5 s of CPU in
+    a 2.1 s ``ray.init``, 2026-11-28: dashboard agent 0.8 s, autoscaler monitor
+    0.4 s, log monitor 0.4 s), and it waits on them (the API server: 1.6-1.7 s
+    of a 3.7 s start). Nothing of varbench, nor of an embedded cluster's
+    tasks, uses them: the dashboard, Jobs and State APIs, autoscaling and log
+    forwarding are for a real cluster, which ``--address`` joins and this never
+    touches. The raylet's registration is awaited more promptly too
+    (``_get_node_promptly``).
 
-    It replaces Ray's private ``Node.start_api_server`` for the one ``ray.init``
-    call, and only where that method has the signature this was written against
-    (Ray 2.60): another Ray, or ``VARBENCH_RAY_API_SERVER=1``, starts Ray as it is.
-    Yields whether it replaced it (then ``_no_dashboard_address`` follows the start).
+    It replaces those private Ray functions for the one ``ray.init`` call, and
+    only where every one has the signature this was written against (Ray
+    2.60): another Ray, or ``VARBENCH_RAY_API_SERVER=1``, starts as it is.
+    Yields whether it replaced them (then ``_no_dashboard_address`` follows the
+    start).
     """
-    from ray._private import node
+    from ray._private import node, services, utils
 
-    real = getattr(node.Node, "start_api_server", None)
-    known = real is not None and list(inspect.signature(real).parameters) == [
-        "self", "include_dashboard", "raise_on_failure"]
-    if not known or os.environ.get(KEEP_API_SERVER) == "1":
+    owners = {"node.Node": node.Node, "utils": utils, "services": services}
+    found = []
+    for owner, attr, params, stand_in in _LEAN:
+        real = getattr(owners[owner], attr, None)
+        if real is None or list(inspect.signature(real).parameters) != params:
+            break
+        found.append((owners[owner], attr, real, globals()[stand_in]))
+    if len(found) < len(_LEAN) or os.environ.get(KEEP_API_SERVER) == "1":
         yield False
         return
-
-    def start_no_api_server(self, *, include_dashboard, raise_on_failure):
-        self._webui_url = None  # what a node without a dashboard reports
-
-    node.Node.start_api_server = start_no_api_server
+    for obj, attr, real, stand_in in found:
+        _REAL[attr] = real
+        setattr(obj, attr, stand_in)
     try:
         yield True
     finally:
-        node.Node.start_api_server = real
+        for obj, attr, real, _ in found:
+            setattr(obj, attr, real)
 
 
 # where the embedded cluster's dashboard head is said to be when none runs: port 0, which
@@ -147,11 +211,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address in (None, "", "local"):
         _loopback_only()
-        with _without_api_server() as skipped:
+        with _lean_start() as lean:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=False, configure_logging=True, logging_level="ERROR",
                      _node_ip_address="127.0.0.1")
-        if skipped:
+        if lean:
             _no_dashboard_address()
         return
     check_address(address)
