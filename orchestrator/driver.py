@@ -63,6 +63,16 @@ from varbench.workers.training import param_count
 
 log = logging.getLogger("varbench.driver")
 
+def _import_plotting() -> None:
+    """Import matplotlib for the close's figures (``report._mpl``); a failure is left
+    for the figures themselves to report."""
+    try:
+        from varbench.orchestrator import report
+
+        report._mpl()
+    except Exception:  # noqa: BLE001 - reported where the figures are drawn
+        log.debug("importing matplotlib ahead failed", exc_info=True)
+
 
 @dataclass
 class Cell:
@@ -142,6 +152,7 @@ class Driver:
         # the paused trials that passed theirs, to continue before any new trial
         self._fidelity: dict[tuple[int, int], Fidelity] = {}
         self._resumes: list[tuple[Cell, optuna.Trial, dict, str]] = []
+        self._plotting: threading.Thread | None = None  # matplotlib, imported ahead
         # where the trials train: one population task per GPU when the spec asks for GPUs
         self.device_type = "cuda" if spec.resources.gpus > 0 else "cpu"
 
@@ -223,7 +234,6 @@ class Driver:
                                    settings=others, steps=steps))
         self._recover()
         self._check_stop()
-        self._reference_errors()
         for cell in self.cells:
             cell.done = len(rec.trials(cell.cell_id))
             self._refresh_frontier(cell)
@@ -286,6 +296,10 @@ class Driver:
             res = self.spec.resources
             slots = cluster.capacity(res.cpus, res.gpus)
             deadline = t0 + self.spec.time_budget_s if self.spec.time_budget_s else math.inf
+            # the first trials go out before the reference errors are collected: they
+            # queue on the workers behind the warm-ups and start as those end
+            self._fill(slots, deadline)
+            self._reference_errors()
             setup = time.perf_counter() - t0
             self._emit()
             while True:
@@ -326,6 +340,7 @@ class Driver:
                 recorded += sum(int(new) for *_, new in done)
                 # keep the workers busy before the slower bookkeeping (MLflow, frontier)
                 self._fill(slots, deadline)
+                self._warm_plotting()
                 for cell, number, result, new in done:
                     if new:
                         self.recorder.trial_result(cell.cell_id, cell.study_name, number,
@@ -334,6 +349,8 @@ class Driver:
                     self._refresh_frontier(cell)  # once per cell, however many finished
                 self._emit()
             self._warmed()  # long done: the first trials queued behind them on the workers
+            if self._plotting is not None:
+                self._plotting.join()
             if self.spec.check.enabled:
                 checks = self._run_checks()
             ended = "completed"
@@ -445,6 +462,15 @@ class Driver:
     def _check_stop(self) -> None:
         if self._stop:
             raise KeyboardInterrupt
+
+    def _warm_plotting(self) -> None:
+        """Once the last trials are out, import matplotlib in a thread while they
+        train: the close's figures waited 0.3-0.4 s for it with both cores idle
+        (0.71 of its 0.8 s, quick.yaml, 2026-11-28)."""
+        if self._plotting is None and not self._resumes and self._next_cell() is None:
+            self._plotting = threading.Thread(target=_import_plotting, daemon=True,
+                                              name="varbench-import-plotting")
+            self._plotting.start()
 
     def _next_cell(self) -> Cell | None:
         open_cells = [c for c in self.cells if c.done + c.in_flight < self.spec.trials]
