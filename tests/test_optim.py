@@ -116,3 +116,28 @@ def test_a_cpu_trial_never_imports_torchdynamo():
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1.0, 1e9])  # clipping hard, some, or not at all
+def test_clip_grad_norm_matches_torch_bit_for_bit(max_norm):
+    from varbench.workers.optim import clip_grad_norm_
+
+    a, b, _, _ = _pair(0.0)
+    _grads(a, 7, skip="gain")  # a parameter without a gradient is left out of the norm
+    _grads(b, 7, skip="gain")
+    ours = clip_grad_norm_(list(a.parameters()), max_norm)
+    theirs = torch.nn.utils.clip_grad_norm_(b.parameters(), max_norm)
+    assert torch.equal(ours, theirs)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad), name
+    assert float(ours) > 0
+
+
+def test_clip_grad_norm_without_gradients_is_zero_and_touches_nothing():
+    from varbench.workers.optim import clip_grad_norm_
+
+    a, _, _, _ = _pair(0.0)
+    assert float(clip_grad_norm_(list(a.parameters()), 1.0)) == 0.0
+    assert all(p.grad is None for p in a.parameters())

@@ -37,7 +37,7 @@ from varbench.workers.config import (
     parse_flow_eval,
 )
 from varbench.workers.engine import compiled, matmul_precision, resolve_step_mode
-from varbench.workers.optim import FusedAdamW
+from varbench.workers.optim import FusedAdamW, clip_grad_norm_
 from varbench.workers.stopping import StopRule
 
 # Disjoint random streams per trial seed: training, monitoring, final eval.
@@ -177,7 +177,9 @@ def train_step(model: nn.Module, opt: Optimizer, x: torch.Tensor, y: torch.Tenso
     """
     loss = model.training_loss(x, y)
     loss.backward()
-    if grad_clip > 0:
+    if grad_clip > 0 and isinstance(opt, FusedAdamW):  # eager CPU: one device and dtype
+        clip_grad_norm_(opt.params, grad_clip)
+    elif grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     return loss.detach()
