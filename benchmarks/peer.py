@@ -8,8 +8,10 @@ many at once as the spec's resources allow on this machine.
 
     .venv/bin/python -m benchmarks.peer [--spec sweeps/quick.yaml] [--only peer|varbench]
 
-Prints, as JSON: each side's wall time (Ray start included) and frontier
-N*(ε) per cell, the ratio varbench / peer, and whether varbench's frontier is
+Prints, as JSON: each side's wall time (Ray start included), its trials' own
+compute and steps, what its wall holds beyond that compute spread over its
+slots (``overhead_s``), its frontier N*(ε) per cell, the ratio varbench /
+peer, and whether varbench's frontier is
 at least as small at every (cell, ε) (a point the peer did not reach counts
 as infinitely large; one varbench did not reach and the peer did counts
 against varbench).
@@ -51,7 +53,7 @@ def run_peer(spec: SweepSpec, work: Path) -> dict:
     t0 = time.perf_counter()
     connect(None)  # the same embedded, loopback-only cluster varbench uses
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    out = {}
+    out, compute, steps_run = {}, 0.0, 0
     for variant, target, lip, steps in spec.cell_keys():
         name = study_name(spec, variant, target, lip, steps)
 
@@ -67,7 +69,7 @@ def run_peer(spec: SweepSpec, work: Path) -> dict:
             res = run_trial(cfg)
             ok = res.status == "completed"
             return {"n_params": float(res.n_params), "err_ucb": res.err_ucb if ok else math.inf,
-                    "status": res.status}
+                    "status": res.status, "seconds": res.seconds, "steps_run": res.steps_run}
 
         search = OptunaSearch(space=search_space(spec, variant), metric=["n_params", "err_ucb"],
                               mode=["min", "min"], seed=spec.seed)
@@ -86,10 +88,22 @@ def run_peer(spec: SweepSpec, work: Path) -> dict:
                              r.metrics.get("err_ucb") if math.isfinite(r.metrics.get("err_ucb", math.inf)) else None,
                              r.metrics.get("status", "failed"))
                   for i, r in enumerate(grid) if r.metrics]
+        compute += sum(r.metrics.get("seconds", 0.0) for r in grid if r.metrics)
+        steps_run += sum(int(r.metrics.get("steps_run", 0)) for r in grid if r.metrics)
         out[name] = {"nstar": _nstar(points, spec.eps),
                      "configs": len({tuple(sorted(r.config.items())) for r in grid}),
                      "trials": len(points)}
-    return {"wall_s": time.perf_counter() - t0, "cells": out}
+    slots = max(1, int(cpus // spec.resources.cpus))
+    return _timing(time.perf_counter() - t0, compute, steps_run, slots) | {"cells": out}
+
+
+def _timing(wall: float, compute: float, steps_run: int, slots: int) -> dict:
+    """Wall time beside what the trials themselves took: their compute (each trial's
+    own seconds, summed), the steps they ran, and the rest of the wall once the
+    compute is spread over the slots (Ray's start, set-up, per-trial overhead, idle
+    slots, the close): what each side costs beyond training the same models."""
+    return {"wall_s": wall, "compute_s": round(compute, 2), "steps_run": steps_run,
+            "overhead_s": round(wall - compute / max(slots, 1), 2)}
 
 
 def run_varbench(spec: SweepSpec, work: Path) -> dict:
@@ -99,9 +113,13 @@ def run_varbench(spec: SweepSpec, work: Path) -> dict:
 
     t0 = time.perf_counter()
     settings = resolve_settings(workdir=str(work))
-    run_sweep(spec, settings)
+    outcome = run_sweep(spec, settings)
+    wall = time.perf_counter() - t0
+    import ray
+
+    slots = int(ray.cluster_resources().get("CPU", 1) // max(spec.resources.cpus, 1e-9))
     view = ResultsView(settings.db_url)
-    out = {}
+    out, steps_run = {}, 0
     for cell in view.cells(view.sweep(spec.name).id):
         trials = view.trials(cell.id)
         out[cell.study_name] = {
@@ -110,7 +128,8 @@ def run_varbench(spec: SweepSpec, work: Path) -> dict:
                                                                      "flow_steps", "lr")},
                                        sort_keys=True) for t in trials}),
             "trials": len(trials)}
-    return {"wall_s": time.perf_counter() - t0, "cells": out}
+        steps_run += sum(t.steps_run for t in trials)
+    return _timing(wall, outcome.compute_seconds, steps_run, slots) | {"cells": out}
 
 
 def compare(peer: dict, ours: dict) -> dict:
