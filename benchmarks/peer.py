@@ -107,17 +107,19 @@ def _timing(wall: float, compute: float, steps_run: int, slots: int) -> dict:
 
 
 def run_varbench(spec: SweepSpec, work: Path) -> dict:
+    from varbench.orchestrator.cluster import capacity
     from varbench.orchestrator.driver import run_sweep
     from varbench.orchestrator.settings import resolve_settings
     from varbench.orchestrator.store import ResultsView
+    from varbench.orchestrator.studies import study_name
 
     t0 = time.perf_counter()
     settings = resolve_settings(workdir=str(work))
     outcome = run_sweep(spec, settings)
-    wall = time.perf_counter() - t0
-    import ray
-
-    slots = int(ray.cluster_resources().get("CPU", 1) // max(spec.resources.cpus, 1e-9))
+    slots = capacity(spec.resources.cpus, spec.resources.gpus)
+    # one training per trial: a FlowAR trial's rows in its other inference settings'
+    # cells repeat its steps
+    trained = {study_name(spec, *key) for key in spec.cell_keys()}
     view = ResultsView(settings.db_url)
     out, steps_run = {}, 0
     for cell in view.cells(view.sweep(spec.name).id):
@@ -128,8 +130,10 @@ def run_varbench(spec: SweepSpec, work: Path) -> dict:
                                                                      "flow_steps", "lr")},
                                        sort_keys=True) for t in trials}),
             "trials": len(trials)}
-        steps_run += sum(t.steps_run for t in trials)
-    return _timing(wall, outcome.compute_seconds, steps_run, slots) | {"cells": out}
+        steps_run += sum(t.steps_run for t in trials) if cell.study_name in trained else 0
+    # reading the frontier back counts, as the peer's counts building it from Tune's results
+    return _timing(time.perf_counter() - t0, outcome.compute_seconds, steps_run,
+                   slots) | {"cells": out}
 
 
 def compare(peer: dict, ours: dict) -> dict:

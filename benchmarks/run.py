@@ -148,7 +148,7 @@ def sweep_efficiency(spec_path: Path = ROOT / "sweeps" / "quick.yaml") -> list[s
             f"sweep {out.seconds:.1f} s, trial compute {out.compute_seconds:.1f} s over {THREADS} cores "
             f"-> efficiency {ideal / out.seconds:.2f} (sweep) / {ideal / total:.2f} (total)",
             f"fixed costs: Ray start {ray_start:.2f} s, driver set-up {out.setup_seconds:.2f} s "
-            f"(lease, studies, reference errors), loop {loop:.1f} s of which {out.wait_seconds:.1f} s "
+            f"(lease, studies, first trials sent), loop {loop:.1f} s of which {out.wait_seconds:.1f} s "
             f"in ray.wait; per trial: driver work {fixed['driver_work_per_trial_ms']:.0f} ms, "
             f"idle slot time {fixed['idle_per_trial_ms']:.0f} ms ({slots} slots)",
             "fixed_cost " + json.dumps(fixed)]

@@ -92,20 +92,27 @@ def _minimal_agent() -> ImportError:
     return ImportError("varbench: an embedded cluster's dashboard agent runs minimal")
 
 
-_REAL: dict[str, object] = {}  # what a stand-in calls on: the function it replaced
+# while a lean start runs: the functions the stand-ins replaced, and until when
+# ``_get_node_promptly`` asks before it leaves the wait to Ray's own
+_REAL: dict[str, object] = {}
+PROMPT_S = 10.0
 
 
 def _get_node_promptly(gcs_address: str, node_id: str):
     """Ray's ``services.get_node`` once the GCS lists the node alive, asked every
-    20 ms; after 10 s Ray's own wait takes over (and its errors, as they are)."""
+    20 ms. Ray calls it again while its own 30 s wait lasts; past ``PROMPT_S`` from
+    the start, or once the GCS cannot be asked, Ray's wait alone goes on (and its
+    errors, as they are)."""
     from ray._raylet import GcsClient
     from ray.core.generated.gcs_pb2 import GcsNodeInfo
 
-    client, deadline = GcsClient(address=gcs_address), time.monotonic() + 10.0
-    while time.monotonic() < deadline:
+    deadline = float(_REAL.get("deadline", 0.0))
+    client = GcsClient(address=gcs_address) if time.monotonic() < deadline else None
+    while client is not None and time.monotonic() < deadline:
         try:
             infos = client.get_all_node_info(timeout=2).values()
         except Exception:  # noqa: BLE001 - Ray raises several types; its own wait decides
+            _REAL["deadline"] = 0.0
             break
         if any(i.node_id.hex() == node_id and i.state == GcsNodeInfo.GcsNodeState.ALIVE
                for i in infos):
@@ -137,6 +144,9 @@ def _lean_start() -> Iterator[bool]:
     from ray._private import node, services, utils
 
     owners = {"node.Node": node.Node, "utils": utils, "services": services}
+    if _REAL:  # a lean start within one (never from connect): Ray's functions stay ours
+        yield False
+        return
     found = []
     for owner, attr, params, stand_in in _LEAN:
         real = getattr(owners[owner], attr, None)
@@ -146,14 +156,16 @@ def _lean_start() -> Iterator[bool]:
     if len(found) < len(_LEAN) or os.environ.get(KEEP_API_SERVER) == "1":
         yield False
         return
-    for obj, attr, real, stand_in in found:
-        _REAL[attr] = real
+    _REAL.update({attr: real for _, attr, real, _ in found},
+                 deadline=time.monotonic() + PROMPT_S)
+    for obj, attr, _, stand_in in found:
         setattr(obj, attr, stand_in)
     try:
         yield True
     finally:
         for obj, attr, real, _ in found:
             setattr(obj, attr, real)
+        _REAL.clear()
 
 
 # where the embedded cluster's dashboard head is said to be when none runs: port 0, which

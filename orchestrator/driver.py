@@ -110,8 +110,9 @@ class SweepOutcome:
     frontier: dict[str, list[FrontierPoint]]
     interrupted: bool = False
     # where the driver's own time went (benchmarks/run.py): set-up (checks, Ray start
-    # unless already connected, lease, studies, reference errors), then the loop's
-    # time blocked in ray.wait; the rest of the loop is per-trial driver work
+    # unless already connected, lease, studies, the first trials sent), then the loop's
+    # time blocked in ray.wait; the rest of the loop is per-trial driver work (and the
+    # reference errors, recorded as they come in)
     setup_seconds: float = 0.0
     wait_seconds: float = 0.0
     checks_run: int = 0  # convergence-check trials run by this driver
@@ -260,26 +261,46 @@ class Driver:
             # runs left RUNNING for trials never recorded end KILLED, never duplicated
             self.recorder.close_interrupted(cell.study_name, set(recorded))
 
-    def _reference_errors(self) -> None:
+    def _reference_errors(self, wait: bool = True) -> None:
         """Record each cell's reference errors, sent at preflight (``_start_workers``):
         one result per cell less its budget (one target has one reference at every
-        budget), on each of its cells that has none yet."""
+        budget), on each of its cells that has none yet. ``wait=False`` records the
+        ones already computed and leaves the rest for a later call: the loop calls it
+        so, as Ray runs the reference and trial tasks in no promised order. A reference
+        task that failed is logged and its cells stay without one (a resume computes
+        it again); the trials already out go on."""
+        if not self._references:
+            return
+        keys = list(self._references)
+        if not wait:
+            ready = set(ray.wait([self._references[k] for k in keys], num_returns=len(keys),
+                                 timeout=0)[0])
+            keys = [k for k in keys if self._references[k] in ready]
+            if not keys:
+                return
         b = self.spec.budget
         missing = self.recorder.cells_without_reference()
-        todo: dict[str, list[Cell]] = {}
-        for cell in self.cells:
-            if cell.cell_id in missing:
-                todo.setdefault(cell.study_name.removesuffix(b.name_suffix(cell.steps)),
-                                []).append(cell)
-        for cells, ref in zip(todo.values(), ray.get([self._references[k] for k in todo])):
+        for key in keys:
+            ref = self._references.pop(key)
+            cells = [c for c in self.cells if c.cell_id in missing
+                     and c.study_name.removesuffix(b.name_suffix(c.steps)) == key]
+            if not cells:
+                continue
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                log.warning("reference errors of %s failed, left for a resume: %s", key,
+                            str(exc).strip().splitlines()[0][:200] if str(exc).strip() else
+                            type(exc).__name__)
+                continue
             for cell in cells:
-                self.recorder.record_reference(cell.cell_id, cell.study_name, ref)
-        self._references = {}
+                self.recorder.record_reference(cell.cell_id, cell.study_name, value)
 
     # --- the loop ----------------------------------------------------------------
 
     def run(self) -> SweepOutcome:
-        """Set up (checks, lease, recovery, reference errors), then the loop.
+        """Set up (checks, lease, recovery), then the loop, which records the
+        reference errors as they come in.
 
         The Ctrl-C handler is in place from the first step, so an interrupt at
         any point ends as one: the sweep is marked interrupted, its RUNNING
@@ -296,10 +317,9 @@ class Driver:
             res = self.spec.resources
             slots = cluster.capacity(res.cpus, res.gpus)
             deadline = t0 + self.spec.time_budget_s if self.spec.time_budget_s else math.inf
-            # the first trials go out before the reference errors are collected: they
-            # queue on the workers behind the warm-ups and start as those end
+            # the first trials go out before the reference errors are collected (in the
+            # loop, as they come): they queue on the workers behind the warm-ups
             self._fill(slots, deadline)
-            self._reference_errors()
             setup = time.perf_counter() - t0
             self._emit()
             while True:
@@ -347,7 +367,9 @@ class Driver:
                                                    result)
                 for cell in {id(c): c for c, _, _, _ in done}.values():
                     self._refresh_frontier(cell)  # once per cell, however many finished
+                self._reference_errors(wait=False)
                 self._emit()
+            self._reference_errors()  # those not yet in (none, as a rule)
             self._warmed()  # long done: the first trials queued behind them on the workers
             if self._plotting is not None:
                 self._plotting.join()

@@ -3,6 +3,7 @@ that is safe (``cluster._lean_start``)."""
 
 from __future__ import annotations
 
+import pytest
 from ray._private import node as ray_node
 from ray._private import ray_constants
 from ray._private import utils as ray_utils
@@ -36,9 +37,9 @@ def test_the_embedded_cluster_is_lean_and_runs_tasks(ray_local):
     # the runtime-env agent stays: the driver's fault injection sends env_vars this way
     assert ray.get(env.options(runtime_env={"env_vars": {"VB_T": "x"}}).remote("VB_T")) == "x"
     # Ray's own functions are back after the start
-    assert ray_node.Node.start_api_server.__name__ == "start_api_server"
-    assert ray_node.Node.start_monitor.__name__ == "start_monitor"
-    assert ray_utils.get_dashboard_dependency_error.__name__ == "get_dashboard_dependency_error"
+    assert all(_current()[a] is not getattr(cluster, stand_in)
+               for _, a, _, stand_in in cluster._LEAN)
+    assert not cluster._REAL
 
 
 def test_the_dashboard_agent_does_not_retry_forever(ray_local):
@@ -58,22 +59,99 @@ def test_the_dashboard_agent_does_not_retry_forever(ray_local):
     assert text.count("Get dashboard http address failed") <= 1
 
 
-def test_replaced_only_for_the_start_and_only_with_the_known_signatures(monkeypatch):
-    real = ray_node.Node.start_api_server, ray_node.Node.start_log_monitor
+def _owners():
+    from ray._private import services
+
+    return {"node.Node": ray_node.Node, "utils": ray_utils, "services": services}
+
+
+def _current() -> dict[str, object]:
+    return {attr: getattr(_owners()[owner], attr) for owner, attr, *_ in cluster._LEAN}
+
+
+def test_replaced_only_for_the_start_even_when_it_fails():
+    real = _current()
     with cluster._lean_start() as lean:
         assert lean
-        assert ray_node.Node.start_api_server is not real[0]
-        assert ray_node.Node.start_log_monitor is not real[1]
-    assert (ray_node.Node.start_api_server, ray_node.Node.start_log_monitor) == real
+        assert all(_current()[a] is getattr(cluster, stand_in)
+                   for _, a, _, stand_in in cluster._LEAN)
+        assert cluster._REAL["get_node"] is real["get_node"]
+    assert _current() == real and not cluster._REAL
+    try:
+        with cluster._lean_start():
+            raise RuntimeError("ray.init failed")
+    except RuntimeError:
+        pass
+    assert _current() == real and not cluster._REAL
 
-    def other_ray(self, timeout=None):
-        pass  # a Ray where one of them changed: nothing is replaced
 
-    monkeypatch.setattr(ray_node.Node, "start_monitor", other_ray)
+def test_a_lean_start_within_one_leaves_the_outer_in_charge():
+    real = _current()
+    with cluster._lean_start() as outer:
+        with cluster._lean_start() as inner:
+            assert outer and not inner
+        assert cluster._REAL["get_node"] is real["get_node"]  # not a stand-in: no recursion
+    assert _current() == real and not cluster._REAL
+
+
+@pytest.mark.parametrize("entry", [e[:2] for e in cluster._LEAN], ids=lambda e: e[1])
+def test_nothing_is_replaced_where_one_signature_changed(monkeypatch, entry):
+    owner, attr = entry
+
+    def other_ray(*args, new_arg=None):
+        pass  # a Ray where this one changed
+
+    monkeypatch.setattr(_owners()[owner], attr, other_ray)
+    real = _current()
     with cluster._lean_start() as lean:
         assert not lean
-        assert ray_node.Node.start_monitor is other_ray
-        assert ray_node.Node.start_api_server is real[0]
+        assert _current() == real
+
+
+class _FakeGcs:
+    """What ``GcsClient`` answers: the node alive from the third ask on, or an error."""
+
+    asks = 0
+
+    def __init__(self, address: str, fail: bool = False):
+        self.fail = fail
+
+    def get_all_node_info(self, timeout=None):
+        from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+        if self.fail:
+            raise RuntimeError("GCS gone")
+        _FakeGcs.asks += 1
+        info = GcsNodeInfo(node_id=bytes.fromhex("ab" * 28),
+                           state=GcsNodeInfo.GcsNodeState.ALIVE if _FakeGcs.asks >= 3
+                           else GcsNodeInfo.GcsNodeState.DEAD)
+        return {"n": info}
+
+
+def test_the_prompt_wait_asks_until_the_node_is_alive_then_asks_ray(monkeypatch):
+    import ray._raylet
+
+    calls = []
+    _FakeGcs.asks = 0
+    monkeypatch.setattr(ray._raylet, "GcsClient", _FakeGcs)
+    monkeypatch.setitem(cluster._REAL, "get_node", lambda a, n: calls.append((a, n)) or "info")
+    monkeypatch.setitem(cluster._REAL, "deadline", cluster.time.monotonic() + 5)
+    assert cluster._get_node_promptly("127.0.0.1:1", "ab" * 28) == "info"
+    assert _FakeGcs.asks == 3 and calls == [("127.0.0.1:1", "ab" * 28)]
+
+
+def test_the_prompt_wait_leaves_a_gcs_it_cannot_ask_to_rays_own_wait(monkeypatch):
+    import ray._raylet
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: _FakeGcs(address, fail=True))
+    monkeypatch.setitem(cluster._REAL, "get_node", lambda a, n: "ray's answer")
+    monkeypatch.setitem(cluster._REAL, "deadline", cluster.time.monotonic() + 5)
+    assert cluster._get_node_promptly("127.0.0.1:1", "cd" * 28) == "ray's answer"
+    assert cluster._REAL["deadline"] == 0.0  # later calls go straight to Ray's wait
+    _FakeGcs.asks = 0
+    monkeypatch.setattr(ray._raylet, "GcsClient", _FakeGcs)
+    assert cluster._get_node_promptly("127.0.0.1:1", "cd" * 28) == "ray's answer"
+    assert _FakeGcs.asks == 0
 
 
 def test_an_environment_variable_keeps_it(monkeypatch):

@@ -141,3 +141,38 @@ def test_clip_grad_norm_without_gradients_is_zero_and_touches_nothing():
     a, _, _, _ = _pair(0.0)
     assert float(clip_grad_norm_(list(a.parameters()), 1.0)) == 0.0
     assert all(p.grad is None for p in a.parameters())
+
+
+def test_clip_grad_norm_with_a_non_finite_gradient_matches_torch():
+    from varbench.workers.optim import clip_grad_norm_
+
+    a, b, _, _ = _pair(0.0)
+    _grads(a, 3)
+    _grads(b, 3)
+    for m in (a, b):
+        m.gain.grad.fill_(float("inf"))
+    ours = clip_grad_norm_(list(a.parameters()), 1.0)
+    theirs = torch.nn.utils.clip_grad_norm_(b.parameters(), 1.0)
+    assert torch.equal(ours, theirs) and torch.isinf(ours)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p.grad.isnan(), q.grad.isnan())
+        assert torch.equal(p.grad.nan_to_num(), q.grad.nan_to_num())
+
+
+def test_train_step_with_fused_adamw_equals_the_torch_optim_path():
+    """train_step's eager CPU branch (our clip, FusedAdamW) against torch's clip and
+    torch.optim.AdamW(fused=True): the same parameters after each step, bit for bit."""
+    from varbench.workers.training import train_step
+
+    a, b, opt_a, opt_b = _pair(0.01)
+    g = torch.Generator().manual_seed(1)
+    for step in range(5):
+        x = torch.rand(16, 1, 2, 2, generator=g)
+        y = torch.rand(16, 1, 8, 8, generator=g)
+        la = train_step(a, opt_a, x, y, grad_clip=0.05)  # small enough to clip
+        lb = train_step(b, opt_b, x, y, grad_clip=0.05)
+        opt_a.zero_grad(set_to_none=True)
+        opt_b.zero_grad(set_to_none=True)
+        assert torch.equal(la, lb)
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), (step, name)

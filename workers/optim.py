@@ -95,6 +95,7 @@ class FusedAdamW:
                                  "exp_avg_sq": saved["exp_avg_sq"].to(p).clone()}
 
 
+@torch.no_grad()
 def clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` (2-norm, foreach) for parameters on one device
     with one dtype, as an eager trial's are: the same operations in the same order,
