@@ -13,7 +13,9 @@ first variant are printed. Variants:
 - ``auto, by hand``: the theorem-form model's loss and gradients by
   ``models.fused.VARLoss``, still ``torch.optim.AdamW(fused=True)``;
 - ``by hand, direct AdamW``: what a trial runs now: also the fused AdamW kernel
-  called directly (``workers.optim.FusedAdamW``).
+  called directly (``workers.optim.FusedAdamW``), and with it the gradient
+  clipping written out (``workers.optim.clip_grad_norm_``; the other variants
+  keep ``torch.nn.utils.clip_grad_norm_``).
 
     .venv/bin/python -m benchmarks.step_cpu [--rounds 3] [--steps 300]
 """
