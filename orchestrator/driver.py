@@ -63,6 +63,7 @@ from varbench.workers.training import param_count
 
 log = logging.getLogger("varbench.driver")
 
+
 def _import_plotting() -> None:
     """Import matplotlib for the close's figures (``report._mpl``); a failure is left
     for the figures themselves to report."""

@@ -119,3 +119,34 @@ def test_trials_with_seed_replicas_keep_them_when_shapes_repeat(tmp_path, ray_lo
     store = ResultsStore(settings.db_url)
     rows = [t for c in store.cells(store.sweep("reps").id) for t in store.trials(c.id)]
     assert all(len(t.result["replica_err_ucb"]) == 2 for t in rows)
+
+
+def test_a_failed_reference_task_is_logged_and_a_resume_computes_it(tmp_path, ray_local,
+                                                                     monkeypatch, caplog):
+    """The first trials go out before the reference errors are collected: a reference
+    task that fails must not strand them. The sweep ends with its trials recorded and
+    the cell without reference errors; the next run of the sweep computes them."""
+    import ray
+
+    from varbench.orchestrator import driver as driver_mod
+
+    @ray.remote
+    def broken_reference(*args, **kwargs):
+        raise RuntimeError("reference computation broke")
+
+    spec = load_spec(tiny_spec(tmp_path, trials=1))
+    settings = resolve_settings(workdir=str(tmp_path / "work"))
+    monkeypatch.setattr(driver_mod, "reference_task", broken_reference)
+    with caplog.at_level("WARNING", logger="varbench.driver"):
+        out = run_sweep(spec, settings)
+    assert out.trials_recorded == 2 and not out.interrupted
+    assert "reference errors of" in caplog.text and "left for a resume" in caplog.text
+    store = ResultsStore(settings.db_url)
+    cells = store.cells(store.sweep(spec.name).id)
+    assert all(not c.reference for c in cells)
+    check_sweep(spec, settings, 1)
+    monkeypatch.undo()
+    again = run_sweep(spec, settings)
+    assert again.trials_run == 0
+    cells = store.cells(store.sweep(spec.name).id)
+    assert all(c.reference.get("affine") for c in cells)
