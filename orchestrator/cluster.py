@@ -239,6 +239,16 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         raise UserError("--address", f"cannot join Ray at {address} ({exc})") from None
 
 
+def shutdown() -> None:
+    """Leave Ray now: an embedded cluster stops, a joined one is only left. At the
+    interpreter's exit Ray's own hook does this too, but first sleeps 0.5 s for log
+    output and then gives each of its processes up to a second to end: ``varbench
+    run`` took 2.1 s to exit after printing its frontier, 1.3 s with this call
+    (2026-11-28)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def capacity(cpus_per_trial: float, gpus_per_trial: float) -> int:
     """How many trials fit the cluster at once."""
     res = ray.cluster_resources()

@@ -81,3 +81,22 @@ def test_progress_line_keeps_counts_whole_at_80_columns():
     lines = out.getvalue().splitlines()
     assert lines and all(len(line) <= 80 for line in lines)
     assert "20/20" in lines[-1] and "L=1 mlp" in lines[-1]
+
+
+def test_the_console_script_freezes_the_heap_as_it_exits(monkeypatch):
+    """The last collection of an exiting ``varbench`` is spared (``_exit_quickly``),
+    whatever the command's outcome; ``app`` run in-process never freezes."""
+    import gc
+
+    from varbench.orchestrator import cli
+
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+
+    def fails():
+        raise SystemExit(2)
+
+    monkeypatch.setattr(cli, "app", fails)
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert calls == ["freeze"]

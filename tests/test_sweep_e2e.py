@@ -150,3 +150,13 @@ def test_a_failed_reference_task_is_logged_and_a_resume_computes_it(tmp_path, ra
     assert again.trials_run == 0
     cells = store.cells(store.sweep(spec.name).id)
     assert all(c.reference.get("affine") for c in cells)
+
+
+def test_the_cli_leaves_running_a_cluster_it_did_not_start(tmp_path, ray_local):
+    """``varbench run`` shuts Ray down itself (Ray's exit hook is slower) only where
+    it started it: a cluster that was up before, as here, stays up."""
+    res = CliRunner().invoke(app, ["run", str(tiny_spec(tmp_path, trials=1)), "--workdir",
+                                   str(tmp_path / "work"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "N*(ε, L)" in res.output
+    assert ray_local.is_initialized()
