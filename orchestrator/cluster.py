@@ -242,9 +242,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
 def shutdown() -> None:
     """Leave Ray now: an embedded cluster stops, a joined one is only left. At the
     interpreter's exit Ray's own hook does this too, but first sleeps 0.5 s for log
-    output and then gives each of its processes up to a second to end: ``varbench
-    run`` took 2.1 s to exit after printing its frontier, 1.3 s with this call
-    (2026-11-28)."""
+    output and then gives each of its processes up to a second to end. The call
+    takes 0.3 s after a quick sweep (2026-11-28); the rest of ``varbench run``'s
+    exit is the interpreter's (``cli._exit_quickly``)."""
     if ray.is_initialized():
         ray.shutdown()
 
