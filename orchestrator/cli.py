@@ -711,9 +711,14 @@ def _exit_quickly() -> None:
     collection visits. Objects are still released by their reference counts,
     and the process's files and connections close with it (a PostgreSQL store's
     server logged nothing new over such an exit). Only the console script does
-    this, as the process ends: ``app`` run in-process (tests) is left alone."""
+    this, as the process ends: ``app`` run in-process (tests) is left alone.
+    SQLite files written in WAL mode are checkpointed first (``store.checkpoint_wal``):
+    their engines are never closed now, and closing is when SQLite does it."""
     import gc
 
+    store = sys.modules.get("varbench.orchestrator.store")  # not imported: nothing opened
+    if store is not None:
+        store.checkpoint_wal()
     gc.freeze()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -247,12 +248,37 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+# SQLite files a writer engine of this process opened in WAL mode: ``checkpoint_wal``
+_WAL_FILES: set[str] = set()
+
+
+def checkpoint_wal() -> None:
+    """Copy what the WAL of every SQLite file this process wrote holds back into the
+    file itself (``PRAGMA wal_checkpoint(TRUNCATE)``). SQLite does so by itself when
+    a file's last connection closes; the console script exits with its engines still
+    open (``cli._exit_quickly``), which would leave a run's rows in ``varbench.db-wal``
+    beside a stale ``varbench.db``: safe for the next open, not for a copy of the
+    file alone. A file that cannot be checkpointed now is left as it is."""
+    for path in sorted(_WAL_FILES):
+        try:
+            con = sqlite3.connect(path, timeout=5)
+            try:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                con.close()
+        except sqlite3.Error:
+            pass
+
+
 def make_engine(url: str, writer: bool = True) -> Engine:
     """An engine for ``url``; a reader's leaves a SQLite file's journal mode alone
     (the writer sets WAL once, and that persists), so reading writes nothing."""
     kwargs: dict = {"pool_pre_ping": True, "future": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
+        path = sqlite_path(url)
+        if writer and path is not None:
+            _WAL_FILES.add(str(path))
     try:
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError, ValueError) as exc:  # ValueError: a port not a number

@@ -92,6 +92,8 @@ def test_the_console_script_freezes_the_heap_as_it_exits(monkeypatch):
 
     calls = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr("varbench.orchestrator.submit.use_token_if_given", lambda: None)
+    monkeypatch.setattr("varbench.orchestrator.submit.load_shipped_secrets", lambda: None)
 
     def fails():
         raise SystemExit(2)
@@ -100,3 +102,68 @@ def test_the_console_script_freezes_the_heap_as_it_exits(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main()
     assert calls == ["freeze"]
+
+
+# write rows through the store in WAL mode, exit the way the console script does, and
+# leave the engine open (as a sweep's are)
+WAL_EXIT = """
+import sys
+from varbench.orchestrator.cli import _exit_quickly
+from varbench.orchestrator.store import ResultsStore
+store = ResultsStore("sqlite:///" + sys.argv[1])
+store.migrate()
+keep = store  # never closed
+_exit_quickly()
+"""
+
+
+def test_a_frozen_exit_leaves_the_results_in_the_database_file_itself(tmp_path):
+    """Copied alone, without its ``-wal`` file, the database still holds what was
+    written: the exit checkpoints it before it freezes the heap."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "varbench.db"
+    subprocess.run([sys.executable, "-c", WAL_EXIT, str(db)], check=True, timeout=120)
+    alone = tmp_path / "copy" / "varbench.db"
+    alone.parent.mkdir()
+    shutil.copy(db, alone)
+    con = sqlite3.connect(alone)
+    tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+    con.close()
+    assert {"vb_sweeps", "vb_cells", "vb_trials"} <= tables
+
+
+@pytest.mark.parametrize("up_before", [False, True])
+def test_run_leaves_ray_itself_only_where_it_started_it(monkeypatch, tmp_path, up_before):
+    """``varbench run`` calls ``cluster.shutdown`` after printing where Ray was not up
+    before the command (it started or joined it); a cluster already up stays up."""
+    import types
+
+    import ray
+    from typer.testing import CliRunner
+
+    from tests.conftest import TINY
+    from varbench.orchestrator import cli, cluster
+    from varbench.orchestrator import driver as driver_mod
+
+    class FakeDriver:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def preflight(self):
+            pass
+
+        def run(self):
+            return types.SimpleNamespace(interrupted=False, trials_recorded=0, checks_run=0,
+                                         seconds=0.0, compute_seconds=0.0)
+
+    left = []
+    monkeypatch.setattr(driver_mod, "Driver", FakeDriver)
+    monkeypatch.setattr(ray, "is_initialized", lambda: up_before)
+    monkeypatch.setattr(cluster, "shutdown", lambda: left.append(True))
+    monkeypatch.setattr(cli, "_frontier", lambda url, sweep: [])
+    res = CliRunner().invoke(cli.app, ["run", str(TINY), "--workdir", str(tmp_path),
+                                       "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert left == ([] if up_before else [True])
