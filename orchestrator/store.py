@@ -260,6 +260,8 @@ def checkpoint_wal() -> None:
     beside a stale ``varbench.db``: safe for the next open, not for a copy of the
     file alone. A file that cannot be checkpointed now is left as it is."""
     for path in sorted(_WAL_FILES):
+        if not os.path.exists(path):  # never connected: connecting would create it
+            continue
         try:
             con = sqlite3.connect(path, timeout=5)
             try:
@@ -276,14 +278,14 @@ def make_engine(url: str, writer: bool = True) -> Engine:
     kwargs: dict = {"pool_pre_ping": True, "future": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
-        path = sqlite_path(url)
-        if writer and path is not None:
-            _WAL_FILES.add(str(path))
     try:
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError, ValueError) as exc:  # ValueError: a port not a number
         raise UserError(mask_url(url), f"not a usable database URL ({exc})") from None
     if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if writer and path is not None:
+            _WAL_FILES.add(str(path))
 
         @event.listens_for(engine, "connect")
         def _fk(dbapi_conn, _):  # pragma: no cover - trivial

@@ -167,3 +167,11 @@ def test_run_leaves_ray_itself_only_where_it_started_it(monkeypatch, tmp_path, u
                                        "--no-progress"])
     assert res.exit_code == 0, res.output
     assert left == ([] if up_before else [True])
+
+
+def test_the_exit_checkpoint_creates_no_database_it_never_opened(tmp_path):
+    from varbench.orchestrator import store
+
+    store.make_engine(f"sqlite:///{tmp_path / 'never.db'}")  # an engine, no connection yet
+    store.checkpoint_wal()
+    assert not (tmp_path / "never.db").exists()
