@@ -53,6 +53,7 @@ def run_peer(spec: SweepSpec, work: Path) -> dict:
     t0 = time.perf_counter()
     connect(None)  # the same embedded, loopback-only cluster varbench uses
     cpus = int(ray.cluster_resources().get("CPU", 1))
+    slots = max(1, int(cpus // spec.resources.cpus))  # trials at once, as varbench runs them
     out, compute, steps_run = {}, 0.0, 0
     for variant, target, lip, steps in spec.cell_keys():
         name = study_name(spec, variant, target, lip, steps)
@@ -76,7 +77,7 @@ def run_peer(spec: SweepSpec, work: Path) -> dict:
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": spec.resources.cpus}),
             tune_config=tune.TuneConfig(search_alg=search, num_samples=spec.trials,
-                                        max_concurrent_trials=max(1, int(cpus // spec.resources.cpus))),
+                                        max_concurrent_trials=slots),
             run_config=tune.RunConfig(
                 name=name.replace(":", "_").replace("=", ""), storage_path=str(work / "tune"),
                 callbacks=[MLflowLoggerCallback(tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
@@ -93,7 +94,6 @@ def run_peer(spec: SweepSpec, work: Path) -> dict:
         out[name] = {"nstar": _nstar(points, spec.eps),
                      "configs": len({tuple(sorted(r.config.items())) for r in grid}),
                      "trials": len(points)}
-    slots = max(1, int(cpus // spec.resources.cpus))
     return _timing(time.perf_counter() - t0, compute, steps_run, slots) | {"cells": out}
 
 
